@@ -1,0 +1,72 @@
+"""The origin's public keys, as an edge holds them.
+
+Keys come from the origin's JWK set. A token with an unknown ``kid`` triggers
+at most one refetch per interval, shared by every request waiting for it, so
+a flood of made-up key ids costs the origin one request per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import jwt
+
+from shared.keys import ALLOWED_ALGORITHMS
+
+logger = logging.getLogger("segmentgate.edge.keys")
+
+FetchKeySet = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class KeySet:
+    """Public verification keys by ``kid``, refreshed from the origin."""
+
+    def __init__(self, fetch: FetchKeySet, refresh_interval: float = 30.0) -> None:
+        self._fetch = fetch
+        self._refresh_interval = refresh_interval
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._last_refresh = -float("inf")
+        self._lock = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def load(self, jwks: dict[str, Any]) -> None:
+        """Replace the keys with those of a JWK set; skip unusable entries."""
+        keys: dict[str, jwt.PyJWK] = {}
+        for entry in jwks.get("keys", []):
+            kid, algorithm = entry.get("kid"), entry.get("alg")
+            if not isinstance(kid, str) or algorithm not in ALLOWED_ALGORITHMS:
+                logger.warning("skipping JWK without kid or allowed alg: %r", kid)
+                continue
+            try:
+                keys[kid] = jwt.PyJWK(entry, algorithm=algorithm)
+            except jwt.PyJWKError as exc:
+                logger.warning("skipping invalid JWK %s: %s", kid, exc)
+        self._keys = keys
+
+    async def refresh(self) -> None:
+        """Fetch the key set now, unless another request is already doing so."""
+        started = time.monotonic()
+        async with self._lock:
+            if self._last_refresh >= started:
+                return
+            self.load(await self._fetch())
+            self._last_refresh = time.monotonic()
+
+    async def get(self, kid: str) -> jwt.PyJWK | None:
+        """Return the key for ``kid``, refetching the set if it may be new."""
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if time.monotonic() - self._last_refresh < self._refresh_interval:
+            return None
+        try:
+            await self.refresh()
+        except Exception as exc:  # noqa: BLE001 - any fetch failure means "unknown"
+            logger.warning("refreshing the key set failed: %s", exc)
+        return self._keys.get(kid)

@@ -1,0 +1,72 @@
+"""Edge configuration, from keyword arguments or ``SEGMENTGATE_EDGE_*`` variables."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("segmentgate.edge")
+
+
+def decode_secrets(text: str) -> list[bytes]:
+    """Read comma-separated base64url secrets, oldest first."""
+    values = [item.strip() for item in text.split(",") if item.strip()]
+    return [base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)) for value in values]
+
+
+@dataclass
+class EdgeSettings:
+    """Everything an edge needs to know.
+
+    ``media_root`` serves files from disk; ``upstream_url`` streams them from
+    an HTTP origin instead. ``uri_secrets`` sign the authorizations written
+    into playlists: every edge of a fleet must share them, the last one
+    signs. ``entitlement_ttl`` must be at least the longest playback token
+    lifetime, because an entitlement change older than every live token can
+    be forgotten.
+    """
+
+    origin_url: str
+    media_root: Path | None = None
+    upstream_url: str | None = None
+    uri_secrets: list[bytes] = field(default_factory=list)
+    extra_hosts: frozenset[str] = frozenset()
+    allow_origins: tuple[str, ...] = ("*",)
+    leeway_seconds: int = 5
+    max_token_bytes: int = 4096
+    max_playlist_bytes: int = 16 * 1024 * 1024
+    entitlement_ttl: float = 2 * 3600 + 60
+    entitlement_capacity: int = 1_000_000
+    jwks_refresh_interval: float = 30.0
+    origin_timeout: float = 5.0
+    sync_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.media_root is None and self.upstream_url is None:
+            raise ValueError("set media_root or upstream_url")
+        if not self.uri_secrets:
+            logger.warning(
+                "no URI signing secret configured; using a random one, so "
+                "playlist URIs stop working when this process restarts"
+            )
+            self.uri_secrets = [secrets.token_bytes(32)]
+
+    @classmethod
+    def from_env(cls) -> EdgeSettings:
+        env = os.environ
+        media_root = env.get("SEGMENTGATE_EDGE_MEDIA_ROOT")
+        return cls(
+            origin_url=env.get("SEGMENTGATE_EDGE_ORIGIN_URL", "http://127.0.0.1:8100"),
+            media_root=Path(media_root) if media_root else None,
+            upstream_url=env.get("SEGMENTGATE_EDGE_UPSTREAM_URL"),
+            uri_secrets=decode_secrets(env.get("SEGMENTGATE_EDGE_URI_SECRETS", "")),
+            extra_hosts=frozenset(
+                host.strip().lower()
+                for host in env.get("SEGMENTGATE_EDGE_EXTRA_HOSTS", "").split(",")
+                if host.strip()
+            ),
+        )

@@ -1,0 +1,146 @@
+"""Where the edge reads media from: a directory or an HTTP origin.
+
+Both upstreams take a checked media path (``content_id/...``), stream the
+bytes without loading a segment into memory, and honour ``Range`` and
+``HEAD``. Playlists are read in chunks so the rewriter can bound its buffer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import httpx
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+
+from shared.problems import NOT_FOUND, UPSTREAM_UNAVAILABLE, Problem
+
+MEDIA_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".m3u": "application/vnd.apple.mpegurl",
+    ".ts": "video/mp2t",
+    ".m4s": "video/iso.segment",
+    ".mp4": "video/mp4",
+    ".m4a": "audio/mp4",
+    ".aac": "audio/aac",
+    ".vtt": "text/vtt",
+    ".key": "application/octet-stream",
+}
+PLAYLIST_SUFFIXES = (".m3u8", ".m3u")
+CHUNK_SIZE = 64 * 1024
+# Response headers of an HTTP upstream that describe the bytes and pass on.
+_PASSED_HEADERS = (
+    "content-type",
+    "content-length",
+    "content-range",
+    "accept-ranges",
+    "etag",
+    "last-modified",
+)
+
+
+def media_type_for(path: str) -> str:
+    return MEDIA_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
+
+
+def is_playlist(path: str) -> bool:
+    return path.lower().endswith(PLAYLIST_SUFFIXES)
+
+
+class Upstream(Protocol):
+    def playlist_chunks(self, path: str) -> AsyncIterator[bytes]: ...
+
+    async def media_response(self, path: str, request: Request) -> Response: ...
+
+    async def aclose(self) -> None: ...
+
+
+class FileUpstream:
+    """Media under a local directory, ``{root}/{content_id}/...``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _file(self, path: str) -> Path:
+        # The path was checked already; resolving also catches symlinks that
+        # lead out of the content item's directory.
+        content_root = (self.root / path.split("/", 1)[0]).resolve()
+        target = (self.root / path).resolve()
+        if not target.is_relative_to(content_root) or not target.is_file():
+            raise Problem(NOT_FOUND, f"no media at /{path}")
+        return target
+
+    async def playlist_chunks(self, path: str) -> AsyncIterator[bytes]:
+        target = self._file(path)
+        async with await anyio.open_file(target, "rb") as handle:
+            while chunk := await handle.read(CHUNK_SIZE):
+                yield chunk
+
+    async def media_response(self, path: str, request: Request) -> Response:
+        target = self._file(path)
+        return FileResponse(target, media_type=media_type_for(path))
+
+    async def aclose(self) -> None:
+        return None
+
+
+class HttpUpstream:
+    """Media behind an HTTP origin, ``{base_url}/{content_id}/...``."""
+
+    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout, follow_redirects=False
+        )
+
+    async def _open(self, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+        request = self._client.build_request(method, "/" + path, headers=headers)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise Problem(UPSTREAM_UNAVAILABLE, f"media upstream failed: {exc}") from exc
+        if response.status_code == 404:
+            await response.aclose()
+            raise Problem(NOT_FOUND, f"no media at /{path}")
+        if response.status_code >= 400 and response.status_code != 416:
+            await response.aclose()
+            raise Problem(
+                UPSTREAM_UNAVAILABLE,
+                f"media upstream answered {response.status_code} for /{path}",
+            )
+        return response
+
+    async def playlist_chunks(self, path: str) -> AsyncIterator[bytes]:
+        response = await self._open("GET", path, {})
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        finally:
+            await response.aclose()
+
+    async def media_response(self, path: str, request: Request) -> Response:
+        forwarded = {
+            name: request.headers[name]
+            for name in ("range", "if-range", "if-none-match", "if-modified-since")
+            if name in request.headers
+        }
+        response = await self._open(request.method, path, forwarded)
+        headers = {
+            name: response.headers[name]
+            for name in _PASSED_HEADERS
+            if name in response.headers
+        }
+        headers.setdefault("content-type", media_type_for(path))
+        return StreamingResponse(
+            response.aiter_raw(),
+            status_code=response.status_code,
+            headers=headers,
+            background=BackgroundTask(response.aclose),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,117 @@
+"""Catalog: content items and their policies."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from origin.auth import require_admin
+from origin.state import Origin
+from origin.store import content
+from origin.validation import invalid, number_field, price_field, read_object, string_field
+from shared import problems
+from shared.content import CONTENT_ID
+from shared.problems import Problem
+
+# The entry playlist is a path inside the content item's directory.
+ENTRY_PATTERN = re.compile(r"[A-Za-z0-9._/-]{1,256}\.m3u8")
+POLICY_KINDS = ("free", "purchase")
+
+
+def policy_of(row: Row[Any]) -> dict[str, Any]:
+    policy: dict[str, Any] = {"kind": row.policy_kind}
+    if row.policy_kind == "purchase":
+        policy["price"] = {"amount": row.price_amount, "currency": row.price_currency}
+        policy["preview_seconds"] = row.preview_seconds
+    return policy
+
+
+def _item(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "content_id": row.content_id,
+        "title": row.title,
+        "entry": row.entry,
+        "policy": policy_of(row),
+    }
+
+
+def _read_policy(data: dict[str, Any]) -> dict[str, Any]:
+    policy = data.get("policy")
+    if not isinstance(policy, dict):
+        raise invalid("'policy' must be an object", "policy")
+    kind = policy.get("kind")
+    if kind not in POLICY_KINDS:
+        raise invalid(f"'policy.kind' must be one of {', '.join(POLICY_KINDS)}", "policy.kind")
+    if kind == "free":
+        return {"policy_kind": "free", "price_amount": None, "price_currency": None,
+                "preview_seconds": 0.0}
+    amount, currency = price_field(policy, "price")
+    preview = number_field(
+        policy, "preview_seconds", default=0, minimum=0, maximum=24 * 3600
+    )
+    return {"policy_kind": "purchase", "price_amount": str(amount),
+            "price_currency": currency, "preview_seconds": preview}
+
+
+async def put_content(request: Request) -> Response:
+    origin: Origin = request.app.state.origin
+    require_admin(request, origin.settings.admin_token)
+    content_id = request.path_params["content_id"]
+    if not CONTENT_ID.fullmatch(content_id):
+        raise invalid("content id must be 1 to 128 letters, digits, '-' or '_'")
+    data, _ = await read_object(request)
+    values = {
+        "title": string_field(data, "title"),
+        "entry": string_field(data, "entry", pattern=ENTRY_PATTERN),
+        **_read_policy(data),
+        "updated_at": time.time(),
+    }
+    if ".." in values["entry"].split("/"):
+        raise invalid("'entry' must stay inside the content directory", "entry")
+    async with origin.engine.begin() as connection:
+        updated = await connection.execute(
+            content.update().where(content.c.content_id == content_id).values(**values)
+        )
+        created = updated.rowcount == 0
+        if created:
+            try:
+                await connection.execute(
+                    content.insert().values(content_id=content_id, **values)
+                )
+            except IntegrityError:
+                raise Problem(problems.CONFLICT, "content was created concurrently") from None
+        row = (
+            await connection.execute(select(content).where(content.c.content_id == content_id))
+        ).one()
+    return JSONResponse(_item(row), status_code=201 if created else 200)
+
+
+async def get_catalog(request: Request) -> Response:
+    origin: Origin = request.app.state.origin
+    async with origin.engine.connect() as connection:
+        rows = (await connection.execute(select(content).order_by(content.c.content_id))).all()
+    return JSONResponse({"items": [_item(row) for row in rows]})
+
+
+async def load_content(origin: Origin, content_id: str) -> Row[Any]:
+    async with origin.engine.connect() as connection:
+        row = (
+            await connection.execute(select(content).where(content.c.content_id == content_id))
+        ).first()
+    if row is None:
+        raise Problem(problems.NOT_FOUND, f"no content '{content_id}' in the catalog")
+    return row
+
+
+routes = [
+    Route("/v1/admin/content/{content_id}", put_content, methods=["PUT"]),
+    Route("/v1/catalog", get_catalog, methods=["GET"]),
+]

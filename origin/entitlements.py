@@ -1,0 +1,83 @@
+"""Entitlements: which viewer may watch which content in full.
+
+Each grant or revocation bumps the entitlement's version and writes an
+outbox event in the caller's transaction. Playback tokens carry the version
+they were issued at, which lets edges order tokens and events.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from origin.outbox import append_event
+from origin.store import entitlements, viewers
+from shared.events import ENTITLEMENT_GRANTED, ENTITLEMENT_REVOKED
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    granted: bool
+    version: int
+
+
+async def get_entitlement(
+    connection: AsyncConnection, viewer_id: str, content_id: str
+) -> Entitlement:
+    row = (
+        await connection.execute(
+            select(entitlements.c.granted, entitlements.c.version).where(
+                entitlements.c.viewer_id == viewer_id,
+                entitlements.c.content_id == content_id,
+            )
+        )
+    ).first()
+    if row is None:
+        return Entitlement(False, 0)
+    return Entitlement(bool(row.granted), int(row.version))
+
+
+async def set_entitlement(
+    connection: AsyncConnection,
+    viewer_id: str,
+    content_id: str,
+    *,
+    granted: bool,
+    purchase_id: str,
+) -> Entitlement:
+    """Grant or revoke, bump the version and announce it, in one transaction."""
+    current = await get_entitlement(connection, viewer_id, content_id)
+    version = current.version + 1
+    values = {
+        "granted": granted,
+        "version": version,
+        "purchase_id": purchase_id,
+        "updated_at": time.time(),
+    }
+    if current.version == 0:
+        await connection.execute(
+            entitlements.insert().values(
+                viewer_id=viewer_id, content_id=content_id, **values
+            )
+        )
+    else:
+        await connection.execute(
+            entitlements.update()
+            .where(
+                entitlements.c.viewer_id == viewer_id,
+                entitlements.c.content_id == content_id,
+                entitlements.c.version == current.version,
+            )
+            .values(**values)
+        )
+    viewer_ref = (
+        await connection.execute(
+            select(viewers.c.viewer_ref).where(viewers.c.viewer_id == viewer_id)
+        )
+    ).scalar_one()
+    event_type = ENTITLEMENT_GRANTED if granted else ENTITLEMENT_REVOKED
+    await append_event(connection, event_type, viewer_ref, content_id, version)
+    return Entitlement(granted, version)

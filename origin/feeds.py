@@ -1,0 +1,41 @@
+"""What edges read from the origin: the JWK set and the event feed."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from origin.outbox import read_events
+from origin.state import Origin
+from origin.validation import invalid
+from shared.events import EVENTS_MEDIA_TYPE, encode_event_batch
+
+
+async def jwks(request: Request) -> Response:
+    origin: Origin = request.app.state.origin
+    return JSONResponse(
+        origin.keys.jwks(),
+        headers={"Cache-Control": "public, max-age=300"},
+        media_type="application/jwk-set+json",
+    )
+
+
+async def events(request: Request) -> Response:
+    """Return events after ``?after=`` as a signed batch (``application/jwt``)."""
+    origin: Origin = request.app.state.origin
+    after_text = request.query_params.get("after", "0")
+    if not after_text.isascii() or not after_text.isdigit() or len(after_text) > 18:
+        raise invalid("'after' must be a non-negative integer", "after")
+    async with origin.engine.connect() as connection:
+        batch = await read_events(
+            connection, int(after_text), origin.settings.event_retention_seconds
+        )
+    body = encode_event_batch(batch, origin.keys.current)
+    return Response(body, media_type=EVENTS_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
+
+
+routes = [
+    Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+    Route("/v1/events", events, methods=["GET"]),
+]

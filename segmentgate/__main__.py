@@ -1,0 +1,3 @@
+from segmentgate.cli import main
+
+raise SystemExit(main())

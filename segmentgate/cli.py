@@ -1,0 +1,134 @@
+"""The ``segmentgate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+from segmentgate.serving import start_server
+from segmentgate.stack import Stack
+
+BUNDLED_MEDIA = Path(__file__).resolve().parent.parent / "media"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segmentgate", description="Paid HLS video behind a gating edge."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="run an origin and an edge with the bundled sample"
+    )
+    demo.add_argument(
+        "--media",
+        type=Path,
+        default=BUNDLED_MEDIA,
+        help="media root holding sample/ and trailer/ (default: the bundled media)",
+    )
+    demo.add_argument(
+        "--data", type=Path, help="directory for the SQLite store (default: temporary)"
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument("--origin-port", type=int, default=8100, help="origin port")
+    demo.add_argument("--edge-port", type=int, default=8000, help="edge port")
+
+    for name, help_text in (
+        ("origin", "run the origin, configured by SEGMENTGATE_* variables"),
+        ("edge", "run the edge, configured by SEGMENTGATE_EDGE_* variables"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--bind", default=None, help="host:port to listen on")
+    return parser
+
+
+def _instructions(stack: Stack) -> str:
+    origin, edge = stack.origin_url, stack.edge_url
+    return f"""
+segmentgate demo is running.
+  origin  {origin}   (catalog: {origin}/v1/catalog)
+  edge    {edge}   (health: {edge}/_edge/healthz)
+  admin token: {stack.admin_token}
+
+Try it (needs curl and jq):
+
+  VT=$(curl -s -X POST {origin}/v1/viewers | jq -r .viewer_token)
+  URL=$(curl -s -X POST {origin}/v1/playback-sessions \\
+        -H "Authorization: Bearer $VT" -d '{{"content_id": "sample"}}' | jq -r .playlist_url)
+  ffplay "$URL"          # a 10 s preview, then the edge answers 402
+  curl -s -X POST {origin}/v1/purchases -H "Authorization: Bearer $VT" \\
+        -H "Idempotency-Key: $(uuidgen || date +%s%N)" \\
+        -d '{{"content_id": "sample", "payment_method": "pm_card_visa"}}' | jq .
+  ffmpeg -i "$URL" -map 0 -c copy -f null -   # the same URL now plays in full
+
+Press Ctrl+C to stop.
+"""
+
+
+async def _run_demo(args: argparse.Namespace) -> None:
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, shutdown.set)
+    with tempfile.TemporaryDirectory(prefix="segmentgate-demo-") as temporary:
+        data_dir = args.data or Path(temporary)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        stack = Stack(
+            media_root=args.media,
+            data_dir=data_dir,
+            host=args.host,
+            origin_port=args.origin_port,
+            edge_port=args.edge_port,
+            admin_token=os.environ.get("SEGMENTGATE_ADMIN_TOKEN", ""),
+        )
+        runner = asyncio.create_task(stack.run(shutdown))
+        ready = asyncio.create_task(stack.ready.wait())
+        done, _ = await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if runner in done:
+            runner.result()
+            return
+        print(_instructions(stack), flush=True)
+        await runner
+
+
+async def _run_one(command: str, bind: str | None) -> None:
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, shutdown.set)
+    if command == "origin":
+        from origin import OriginSettings, create_app
+
+        settings = OriginSettings.from_env()
+        if settings.admin_token_generated:
+            print(f"admin token: {settings.admin_token}", flush=True)
+        app = create_app(settings)
+        default_bind = "127.0.0.1:8100"
+    else:
+        from edge import EdgeSettings
+        from edge import create_app as create_edge
+
+        app = create_edge(EdgeSettings.from_env())
+        default_bind = "127.0.0.1:8000"
+    await start_server(app, bind or default_bind, shutdown.wait)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("segmentgate.edge.access").setLevel(logging.WARNING)
+    if args.command == "demo":
+        if not (args.media / "sample" / "master.m3u8").is_file():
+            print(f"error: no sample/master.m3u8 under {args.media}; pass --media DIR")
+            return 2
+        asyncio.run(_run_demo(args))
+    else:
+        asyncio.run(_run_one(args.command, args.bind))
+    return 0

@@ -1,0 +1,55 @@
+"""Error handling that both services share: every error is problem details."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared import problems
+from shared.problems import REASON_HEADER, Problem
+
+__all__ = ["REASON_HEADER", "problem_handlers", "problem_response"]
+
+ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+_HTTP_STATUS_PROBLEMS = {
+    400: problems.INVALID_REQUEST,
+    404: problems.NOT_FOUND,
+    405: problems.METHOD_NOT_ALLOWED,
+}
+
+
+def problem_response(request: Request, problem: Problem) -> Response:
+    """Render ``problem`` for ``request``, never to be cached."""
+    response = problem.to_response(instance=request.scope.get("path"))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def problem_handlers(logger: logging.Logger) -> dict[type[Exception], ExceptionHandler]:
+    """Return Starlette exception handlers that answer with problem details."""
+
+    async def handle_problem(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, Problem):
+            raise exc
+        return problem_response(request, exc)
+
+    async def handle_http_exception(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, HTTPException):
+            raise exc
+        kind = _HTTP_STATUS_PROBLEMS.get(exc.status_code, problems.INVALID_REQUEST)
+        return problem_response(request, Problem(kind, exc.detail))
+
+    async def handle_error(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(request, Problem(problems.INTERNAL))
+
+    return {
+        Problem: handle_problem,
+        HTTPException: handle_http_exception,
+        Exception: handle_error,
+    }
