@@ -43,7 +43,7 @@ class AccessLogMiddleware:
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.info(
-                '%s %s %d %s %.1fms',
+                "%s %s %d %s %.1fms",
                 scope["method"],
                 scope["path"],
                 status,

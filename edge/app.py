@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,8 +24,8 @@ from edge.keyset import KeySet
 from edge.paths import resolve_uri, split_media_path
 from edge.rewriter import TOKEN_PARAM, PlaylistRewriter, PlaylistTooLarge
 from edge.settings import EdgeSettings
-from edge.uri_tokens import SCOPE_SEGMENT, UriSigner
 from edge.upstream import FileUpstream, HttpUpstream, Upstream, is_playlist
+from edge.uri_tokens import SCOPE_SEGMENT, UriSigner
 from shared import problems
 from shared.events import EVENTS_MEDIA_TYPE
 from shared.http import REASON_HEADER, problem_handlers

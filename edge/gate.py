@@ -20,13 +20,13 @@ import jwt
 from edge.entitlements import EntitlementCache
 from edge.keyset import KeySet
 from edge.rewriter import TOKEN_PARAM
+from edge.upstream import is_playlist
 from edge.uri_tokens import (
     SCOPE_PLAYLIST,
     SCOPE_SEGMENT,
     InvalidUriToken,
     UriSigner,
 )
-from edge.upstream import is_playlist
 from shared.problems import (
     PREVIEW_ENDED,
     TOKEN_EXPIRED,

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from edge.uri_tokens import SCOPE_KEY, SCOPE_PLAYLIST, SCOPE_SEGMENT
+from shared.tokens import TOKEN_PARAM
 
-TOKEN_PARAM = "sg"
 INTERSTITIAL_CLASS = "com.apple.hls.interstitial"
 
 # The authorize callback receives a URI as written in the playlist, its scope
@@ -287,4 +287,3 @@ class PlaylistRewriter:
         if token is not None:
             self.inserted += 1
         return token
-

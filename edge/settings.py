@@ -15,7 +15,9 @@ logger = logging.getLogger("segmentgate.edge")
 def decode_secrets(text: str) -> list[bytes]:
     """Read comma-separated base64url secrets, oldest first."""
     values = [item.strip() for item in text.split(",") if item.strip()]
-    return [base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)) for value in values]
+    return [
+        base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)) for value in values
+    ]
 
 
 @dataclass

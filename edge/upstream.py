@@ -45,7 +45,9 @@ _PASSED_HEADERS = (
 
 
 def media_type_for(path: str) -> str:
-    return MEDIA_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
+    return MEDIA_TYPES.get(
+        os.path.splitext(path)[1].lower(), "application/octet-stream"
+    )
 
 
 def is_playlist(path: str) -> bool:
@@ -97,12 +99,16 @@ class HttpUpstream:
             base_url=base_url.rstrip("/"), timeout=timeout, follow_redirects=False
         )
 
-    async def _open(self, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    async def _open(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> httpx.Response:
         request = self._client.build_request(method, "/" + path, headers=headers)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise Problem(UPSTREAM_UNAVAILABLE, f"media upstream failed: {exc}") from exc
+            raise Problem(
+                UPSTREAM_UNAVAILABLE, f"media upstream failed: {exc}"
+            ) from exc
         if response.status_code == 404:
             await response.aclose()
             raise Problem(NOT_FOUND, f"no media at /{path}")

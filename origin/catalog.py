@@ -16,7 +16,13 @@ from starlette.routing import Route
 from origin.auth import require_admin
 from origin.state import Origin
 from origin.store import content
-from origin.validation import invalid, number_field, price_field, read_object, string_field
+from origin.validation import (
+    invalid,
+    number_field,
+    price_field,
+    read_object,
+    string_field,
+)
 from shared import problems
 from shared.content import CONTENT_ID
 from shared.problems import Problem
@@ -49,16 +55,26 @@ def _read_policy(data: dict[str, Any]) -> dict[str, Any]:
         raise invalid("'policy' must be an object", "policy")
     kind = policy.get("kind")
     if kind not in POLICY_KINDS:
-        raise invalid(f"'policy.kind' must be one of {', '.join(POLICY_KINDS)}", "policy.kind")
+        raise invalid(
+            f"'policy.kind' must be one of {', '.join(POLICY_KINDS)}", "policy.kind"
+        )
     if kind == "free":
-        return {"policy_kind": "free", "price_amount": None, "price_currency": None,
-                "preview_seconds": 0.0}
+        return {
+            "policy_kind": "free",
+            "price_amount": None,
+            "price_currency": None,
+            "preview_seconds": 0.0,
+        }
     amount, currency = price_field(policy, "price")
     preview = number_field(
         policy, "preview_seconds", default=0, minimum=0, maximum=24 * 3600
     )
-    return {"policy_kind": "purchase", "price_amount": str(amount),
-            "price_currency": currency, "preview_seconds": preview}
+    return {
+        "policy_kind": "purchase",
+        "price_amount": str(amount),
+        "price_currency": currency,
+        "preview_seconds": preview,
+    }
 
 
 async def put_content(request: Request) -> Response:
@@ -87,9 +103,13 @@ async def put_content(request: Request) -> Response:
                     content.insert().values(content_id=content_id, **values)
                 )
             except IntegrityError:
-                raise Problem(problems.CONFLICT, "content was created concurrently") from None
+                raise Problem(
+                    problems.CONFLICT, "content was created concurrently"
+                ) from None
         row = (
-            await connection.execute(select(content).where(content.c.content_id == content_id))
+            await connection.execute(
+                select(content).where(content.c.content_id == content_id)
+            )
         ).one()
     return JSONResponse(_item(row), status_code=201 if created else 200)
 
@@ -97,14 +117,18 @@ async def put_content(request: Request) -> Response:
 async def get_catalog(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     async with origin.engine.connect() as connection:
-        rows = (await connection.execute(select(content).order_by(content.c.content_id))).all()
+        rows = (
+            await connection.execute(select(content).order_by(content.c.content_id))
+        ).all()
     return JSONResponse({"items": [_item(row) for row in rows]})
 
 
 async def load_content(origin: Origin, content_id: str) -> Row[Any]:
     async with origin.engine.connect() as connection:
         row = (
-            await connection.execute(select(content).where(content.c.content_id == content_id))
+            await connection.execute(
+                select(content).where(content.c.content_id == content_id)
+            )
         ).first()
     if row is None:
         raise Problem(problems.NOT_FOUND, f"no content '{content_id}' in the catalog")

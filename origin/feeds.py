@@ -32,7 +32,9 @@ async def events(request: Request) -> Response:
             connection, int(after_text), origin.settings.event_retention_seconds
         )
     body = encode_event_batch(batch, origin.keys.current)
-    return Response(body, media_type=EVENTS_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
+    return Response(
+        body, media_type=EVENTS_MEDIA_TYPE, headers={"Cache-Control": "no-store"}
+    )
 
 
 routes = [

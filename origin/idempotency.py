@@ -118,7 +118,9 @@ async def _claim(
     )
 
 
-async def _complete(engine: AsyncEngine, scope: str, key: str, response: Response) -> None:
+async def _complete(
+    engine: AsyncEngine, scope: str, key: str, response: Response
+) -> None:
     stored = {
         "content": bytes(response.body).decode("utf-8"),
         "media_type": response.media_type,
@@ -127,7 +129,11 @@ async def _complete(engine: AsyncEngine, scope: str, key: str, response: Respons
         await connection.execute(
             idempotency_keys.update()
             .where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
-            .values(state=COMPLETED, status_code=response.status_code, body=json.dumps(stored))
+            .values(
+                state=COMPLETED,
+                status_code=response.status_code,
+                body=json.dumps(stored),
+            )
         )
 
 

@@ -60,4 +60,3 @@ class KeyRing:
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [self.current.jwk]}
-

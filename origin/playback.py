@@ -22,9 +22,7 @@ from origin.entitlements import get_entitlement
 from origin.state import Origin
 from origin.validation import read_object, string_field
 from shared.content import CONTENT_ID
-from shared.tokens import PlaybackClaims, encode_playback_token
-
-TOKEN_PARAM = "sg"
+from shared.tokens import TOKEN_PARAM, PlaybackClaims, encode_playback_token
 
 
 async def create_playback_session(request: Request) -> Response:

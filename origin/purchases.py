@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +25,12 @@ from shared.problems import Problem
 FINAL_STATUSES = frozenset({"granted", "declined", "failed", "refunded"})
 
 
+def _timestamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
 def _public(purchase: dict[str, Any]) -> dict[str, Any]:
+    steps = [{**step, "at": _timestamp(step["at"])} for step in purchase["steps"]]
     return {
         "purchase_id": purchase["purchase_id"],
         "status": purchase["status"],
@@ -32,13 +38,15 @@ def _public(purchase: dict[str, Any]) -> dict[str, Any]:
         "price": {"amount": purchase["amount"], "currency": purchase["currency"]},
         "payment_method": purchase["payment_method"],
         "provider": purchase["provider"],
-        "created_at": purchase["created_at"],
-        "updated_at": purchase["updated_at"],
-        "steps": purchase["steps"],
+        "created_at": _timestamp(purchase["created_at"]),
+        "updated_at": _timestamp(purchase["updated_at"]),
+        "steps": steps,
     }
 
 
-async def _owned_purchase(origin: Origin, viewer: Viewer, purchase_id: str) -> dict[str, Any]:
+async def _owned_purchase(
+    origin: Origin, viewer: Viewer, purchase_id: str
+) -> dict[str, Any]:
     async with origin.engine.connect() as connection:
         purchase = await load_purchase(connection, purchase_id)
     # Another viewer's purchase is reported as missing, not as forbidden,
@@ -55,13 +63,17 @@ async def create_purchase(request: Request) -> Response:
     data, body = await read_object(request)
 
     async def handle() -> Response:
-        content_id = string_field(data, "content_id", max_length=128, pattern=CONTENT_ID)
+        content_id = string_field(
+            data, "content_id", max_length=128, pattern=CONTENT_ID
+        )
         payment_method = string_field(data, "payment_method", max_length=128)
         item = await load_content(origin, content_id)
         if item.policy_kind != "purchase":
             raise Problem(problems.CONFLICT, f"'{content_id}' is free to watch")
         async with origin.engine.connect() as connection:
-            entitlement = await get_entitlement(connection, viewer.viewer_id, content_id)
+            entitlement = await get_entitlement(
+                connection, viewer.viewer_id, content_id
+            )
         if entitlement.granted:
             raise Problem(problems.CONFLICT, f"the viewer already owns '{content_id}'")
         purchase_id = await origin.saga.purchase(

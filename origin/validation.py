@@ -26,7 +26,9 @@ async def read_object(request: Request) -> tuple[dict[str, Any], bytes]:
     """Return the JSON object of the body and its raw bytes."""
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
-        raise Problem(problems.PAYLOAD_TOO_LARGE, f"body exceeds {MAX_BODY_BYTES} bytes")
+        raise Problem(
+            problems.PAYLOAD_TOO_LARGE, f"body exceeds {MAX_BODY_BYTES} bytes"
+        )
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -37,7 +39,11 @@ async def read_object(request: Request) -> tuple[dict[str, Any], bytes]:
 
 
 def string_field(
-    data: dict[str, Any], name: str, *, max_length: int = 256, pattern: re.Pattern[str] | None = None
+    data: dict[str, Any],
+    name: str,
+    *,
+    max_length: int = 256,
+    pattern: re.Pattern[str] | None = None,
 ) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value.strip():
@@ -55,7 +61,9 @@ def price_field(data: dict[str, Any], name: str) -> tuple[Decimal, str]:
         raise invalid(f"'{name}' must be an object with amount and currency", name)
     amount_text = price.get("amount")
     if not isinstance(amount_text, str) or not AMOUNT.fullmatch(amount_text):
-        raise invalid(f"'{name}.amount' must be a decimal string such as \"4.99\"", name)
+        raise invalid(
+            f"'{name}.amount' must be a decimal string such as \"4.99\"", name
+        )
     try:
         amount = Decimal(amount_text)
     except InvalidOperation:
@@ -64,7 +72,9 @@ def price_field(data: dict[str, Any], name: str) -> tuple[Decimal, str]:
         raise invalid(f"'{name}.amount' must be greater than zero", name)
     currency = price.get("currency")
     if not isinstance(currency, str) or not CURRENCY.fullmatch(currency):
-        raise invalid(f"'{name}.currency' must be an ISO 4217 code such as \"EUR\"", name)
+        raise invalid(
+            f"'{name}.currency' must be an ISO 4217 code such as \"EUR\"", name
+        )
     return amount, currency
 
 

@@ -10,6 +10,8 @@ import signal
 import tempfile
 from pathlib import Path
 
+import httpx
+
 from segmentgate.serving import start_server
 from segmentgate.stack import Stack
 
@@ -47,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _instructions(stack: Stack) -> str:
+def _instructions(stack: Stack, viewer_token: str, playlist_url: str) -> str:
     origin, edge = stack.origin_url, stack.edge_url
     return f"""
 segmentgate demo is running.
@@ -55,19 +57,41 @@ segmentgate demo is running.
   edge    {edge}   (health: {edge}/_edge/healthz)
   admin token: {stack.admin_token}
 
-Try it (needs curl and jq):
+A demo viewer and a preview session of "sample" are ready:
 
-  VT=$(curl -s -X POST {origin}/v1/viewers | jq -r .viewer_token)
-  URL=$(curl -s -X POST {origin}/v1/playback-sessions \\
-        -H "Authorization: Bearer $VT" -d '{{"content_id": "sample"}}' | jq -r .playlist_url)
-  ffplay "$URL"          # a 10 s preview, then the edge answers 402
+  VT='{viewer_token}'
+  URL='{playlist_url}'
+
+Watch the 10 s preview; after it the edge answers 402 Payment Required:
+
+  ffplay "$URL"      # or: ffmpeg -i "$URL" -map 0 -c copy -f null -
+
+Buy it with the sandbox card (pm_card_chargeDeclined is declined):
+
   curl -s -X POST {origin}/v1/purchases -H "Authorization: Bearer $VT" \\
-        -H "Idempotency-Key: $(uuidgen || date +%s%N)" \\
-        -d '{{"content_id": "sample", "payment_method": "pm_card_visa"}}' | jq .
-  ffmpeg -i "$URL" -map 0 -c copy -f null -   # the same URL now plays in full
+       -H "Idempotency-Key: demo-1" \\
+       -d '{{"content_id": "sample", "payment_method": "pm_card_visa"}}'
+
+The same URL now plays in full. A new session for any content:
+
+  curl -s -X POST {origin}/v1/playback-sessions -H "Authorization: Bearer $VT" \\
+       -d '{{"content_id": "trailer"}}'
 
 Press Ctrl+C to stop.
 """
+
+
+async def _demo_viewer(stack: Stack) -> tuple[str, str]:
+    """Create a viewer and a preview session of the sample."""
+    async with httpx.AsyncClient(base_url=stack.origin_url) as client:
+        viewer = (await client.post("/v1/viewers")).raise_for_status().json()
+        token = viewer["viewer_token"]
+        session = await client.post(
+            "/v1/playback-sessions",
+            json={"content_id": "sample"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return token, session.raise_for_status().json()["playlist_url"]
 
 
 async def _run_demo(args: argparse.Namespace) -> None:
@@ -88,11 +112,14 @@ async def _run_demo(args: argparse.Namespace) -> None:
         )
         runner = asyncio.create_task(stack.run(shutdown))
         ready = asyncio.create_task(stack.ready.wait())
-        done, _ = await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {runner, ready}, return_when=asyncio.FIRST_COMPLETED
+        )
         if runner in done:
             runner.result()
             return
-        print(_instructions(stack), flush=True)
+        viewer_token, playlist_url = await _demo_viewer(stack)
+        print(_instructions(stack, viewer_token, playlist_url), flush=True)
         await runner
 
 
@@ -124,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("segmentgate.edge.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "demo":
         if not (args.media / "sample" / "master.m3u8").is_file():
             print(f"error: no sample/master.m3u8 under {args.media}; pass --media DIR")

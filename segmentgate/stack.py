@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from starlette.applications import Starlette
 
 from edge import EdgeSettings
 from edge import create_app as create_edge
@@ -46,6 +47,9 @@ class Stack:
     admin_token: str = ""
     uri_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     provider: PaymentProvider | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    origin_app: Starlette | None = field(default=None, init=False)
+    edge_app: Starlette | None = field(default=None, init=False)
 
     @property
     def origin_url(self) -> str:
@@ -74,19 +78,20 @@ class Stack:
         """Start the origin, seed the catalog, start the edge; stop on ``shutdown``."""
         origin_settings = self.origin_settings()
         self.admin_token = origin_settings.admin_token
-        origin_app = create_origin(origin_settings, self.provider)
-        origin_task = start_server(origin_app, f"{self.host}:{self.origin_port}", shutdown.wait)
+        self.origin_app = create_origin(origin_settings, self.provider)
+        origin_task = start_server(
+            self.origin_app, f"{self.host}:{self.origin_port}", shutdown.wait
+        )
         await wait_until_healthy(f"{self.origin_url}/healthz")
         if seed:
             await seed_catalog(self.origin_url, self.admin_token)
+        self.edge_app = create_edge(self.edge_settings())
         edge_task = start_server(
-            create_edge(self.edge_settings()), f"{self.host}:{self.edge_port}", shutdown.wait
+            self.edge_app, f"{self.host}:{self.edge_port}", shutdown.wait
         )
         await wait_until_healthy(f"{self.edge_url}/_edge/healthz")
         self.ready.set()
         await asyncio.gather(origin_task, edge_task)
-
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def seed_catalog(origin_url: str, admin_token: str) -> None:

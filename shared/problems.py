@@ -42,9 +42,7 @@ TOKEN_EXPIRED = ProblemType("token-expired", 401, "Playback token has expired")
 PREVIEW_ENDED = ProblemType("preview-ended", 402, "Preview ended")
 FORBIDDEN = ProblemType("forbidden", 403, "Not allowed")
 TOKEN_INVALID = ProblemType("token-invalid", 403, "Playback token is invalid")
-WRONG_CONTENT = ProblemType(
-    "wrong-content", 403, "Playback token is for other content"
-)
+WRONG_CONTENT = ProblemType("wrong-content", 403, "Playback token is for other content")
 NOT_FOUND = ProblemType("not-found", 404, "Not found")
 METHOD_NOT_ALLOWED = ProblemType("method-not-allowed", 405, "Method not allowed")
 CONFLICT = ProblemType("conflict", 409, "Conflict with the current state")

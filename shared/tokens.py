@@ -19,6 +19,8 @@ from shared.keys import SigningKey
 
 ISSUER = "segmentgate-origin"
 PLAYBACK_AUDIENCE = "segmentgate-edge"
+# The query parameter that carries a playback or URI token on media URLs.
+TOKEN_PARAM = "sg"  # noqa: S105 - a parameter name, not a secret
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,227 @@
+"""The origin's public and admin HTTP contract, against a running origin."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.harness import PROBLEM_PREFIX, RunningStack, Viewer, assert_problem
+
+
+@pytest.fixture
+def origin(stack: RunningStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.stack.origin_url, timeout=10) as client:
+        yield client
+
+
+def test_catalog_lists_the_seeded_content(origin: httpx.Client) -> None:
+    items = {
+        item["content_id"]: item for item in origin.get("/v1/catalog").json()["items"]
+    }
+    assert items["sample"]["policy"] == {
+        "kind": "purchase",
+        "price": {"amount": "4.99", "currency": "EUR"},
+        "preview_seconds": 10,
+    }
+    assert items["trailer"]["policy"]["kind"] == "free"
+    assert set(items["sample"]) >= {"content_id", "title", "policy"}
+
+
+def test_admin_routes_need_the_admin_token(
+    origin: httpx.Client, viewer: Viewer
+) -> None:
+    body = {"title": "X", "entry": "master.m3u8", "policy": {"kind": "free"}}
+    assert_problem(origin.put("/v1/admin/content/x", json=body), 401, "unauthorized")
+    response = origin.put(
+        "/v1/admin/content/x",
+        json=body,
+        headers={"Authorization": viewer.client.headers["Authorization"]},
+    )
+    assert response.status_code in (401, 403)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"title": "X", "entry": "master.m3u8", "policy": {"kind": "rent"}},
+        {"title": "X", "entry": "../master.m3u8", "policy": {"kind": "free"}},
+        {
+            "title": "X",
+            "entry": "master.m3u8",
+            "policy": {
+                "kind": "purchase",
+                "price": {"amount": "-1", "currency": "EUR"},
+            },
+        },
+        {
+            "title": "X",
+            "entry": "master.m3u8",
+            "policy": {
+                "kind": "purchase",
+                "price": {"amount": "1.00", "currency": "euro"},
+            },
+        },
+        {"title": "", "entry": "master.m3u8", "policy": {"kind": "free"}},
+        {"entry": "master.m3u8", "policy": {"kind": "free"}},
+        [],
+    ],
+)
+def test_admin_rejects_bad_content(origin: httpx.Client, body: object) -> None:
+    response = origin.put(
+        "/v1/admin/content/x",
+        json=body,
+        headers={"Authorization": "Bearer test-admin-token"},
+    )
+    assert response.status_code in (400, 422), response.text
+    assert response.json()["type"].startswith(PROBLEM_PREFIX)
+
+
+def test_malformed_json_is_400(origin: httpx.Client, viewer: Viewer) -> None:
+    response = viewer.client.post(
+        "/v1/playback-sessions",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(response, 400, "invalid-request")
+
+
+def test_viewer_routes_need_a_viewer_token(origin: httpx.Client) -> None:
+    assert_problem(
+        origin.post("/v1/playback-sessions", json={"content_id": "sample"}),
+        401,
+        "unauthorized",
+    )
+    response = origin.post(
+        "/v1/playback-sessions",
+        json={"content_id": "sample"},
+        headers={"Authorization": "Bearer not-a-viewer"},
+    )
+    assert_problem(response, 401, "unauthorized")
+
+
+def test_session_for_unknown_content_is_404(viewer: Viewer) -> None:
+    response = viewer.client.post("/v1/playback-sessions", json={"content_id": "nope"})
+    assert_problem(response, 404, "not-found")
+
+
+def test_session_shape(viewer: Viewer, stack: RunningStack) -> None:
+    session = viewer.session()
+    assert str(session["playlist_url"]).startswith(
+        f"{stack.stack.edge_url}/sample/master.m3u8?sg="
+    )
+    assert str(session["token"]) in str(session["playlist_url"])
+    assert str(session["expires_at"]).endswith("+00:00")
+
+
+def test_purchase_needs_an_idempotency_key(viewer: Viewer) -> None:
+    response = viewer.client.post(
+        "/v1/purchases", json={"content_id": "sample", "payment_method": "pm_card_visa"}
+    )
+    assert_problem(response, 400, "idempotency-key-missing")
+
+
+def test_purchase_replays_by_idempotency_key(viewer: Viewer) -> None:
+    key = str(uuid.uuid4())
+    body = {"content_id": "sample", "payment_method": "pm_card_visa"}
+    first = viewer.client.post(
+        "/v1/purchases", json=body, headers={"Idempotency-Key": key}
+    )
+    again = viewer.client.post(
+        "/v1/purchases", json=body, headers={"Idempotency-Key": key}
+    )
+    assert first.status_code == 201
+    assert again.status_code == 201
+    assert again.json()["purchase_id"] == first.json()["purchase_id"]
+
+    other = viewer.client.post(
+        "/v1/purchases",
+        json={**body, "payment_method": "pm_card_chargeDeclined"},
+        headers={"Idempotency-Key": key},
+    )
+    assert_problem(other, 422, "idempotency-key-reused")
+    # A new key for content already owned is a conflict, not a second charge.
+    assert_problem(
+        viewer.client.post(
+            "/v1/purchases", json=body, headers={"Idempotency-Key": "k2"}
+        ),
+        409,
+        "conflict",
+    )
+
+
+def test_granted_purchase_lists_its_steps(viewer: Viewer) -> None:
+    purchase = viewer.purchase()
+    assert purchase["status"] == "granted"
+    response = viewer.client.get(f"/v1/purchases/{purchase['purchase_id']}")
+    assert response.status_code == 200
+    steps = [step["step"] for step in response.json()["steps"]]
+    assert steps[:4] == ["payment_intent", "authorization", "capture", "grant"]
+    assert viewer.session()["preview"] is False
+
+
+def test_declined_payment_grants_nothing(viewer: Viewer) -> None:
+    purchase = viewer.purchase(payment_method="pm_card_chargeDeclined")
+    assert purchase["status"] == "declined"
+    assert viewer.session()["preview"] is True
+    # A declined purchase does not block a later one.
+    assert viewer.purchase()["status"] == "granted"
+
+
+def test_unknown_payment_method_is_declined_or_refused(viewer: Viewer) -> None:
+    response = viewer.client.post(
+        "/v1/purchases",
+        json={"content_id": "sample", "payment_method": "pm_nonsense"},
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert response.status_code in (201, 422), response.text
+    if response.status_code == 201:
+        assert response.json()["status"] in ("declined", "failed")
+    assert viewer.session()["preview"] is True
+
+
+def test_free_content_cannot_be_bought(viewer: Viewer) -> None:
+    response = viewer.client.post(
+        "/v1/purchases",
+        json={"content_id": "trailer", "payment_method": "pm_card_visa"},
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert_problem(response, 409, "conflict")
+
+
+def test_refund_revokes_the_entitlement(viewer: Viewer) -> None:
+    purchase = viewer.purchase()
+    refunded = viewer.refund(str(purchase["purchase_id"]))
+    assert refunded["status"] == "refunded"
+    assert viewer.session()["preview"] is True
+    steps = [step["step"] for step in refunded["steps"]]  # type: ignore[union-attr]
+    assert "refund" in steps and "revoke" in steps
+
+
+def test_other_viewers_purchases_are_not_found(
+    viewer: Viewer, stack: RunningStack
+) -> None:
+    purchase = viewer.purchase()
+    stranger = Viewer(stack.stack.origin_url)
+    try:
+        response = stranger.client.get(f"/v1/purchases/{purchase['purchase_id']}")
+        assert_problem(response, 404, "not-found")
+        response = stranger.client.post(
+            f"/v1/purchases/{purchase['purchase_id']}/refund"
+        )
+        assert_problem(response, 404, "not-found")
+    finally:
+        stranger.close()
+
+
+def test_jwks_publishes_public_keys_only(origin: httpx.Client) -> None:
+    keys = origin.get("/.well-known/jwks.json").json()["keys"]
+    assert keys and all(key["kid"] and key["use"] == "sig" for key in keys)
+    assert all("d" not in key for key in keys)
+
+
+def test_unknown_route_and_method_are_problems(origin: httpx.Client) -> None:
+    assert_problem(origin.get("/v1/nothing"), 404, "not-found")
+    assert_problem(origin.delete("/v1/catalog"), 405, "method-not-allowed")
