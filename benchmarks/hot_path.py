@@ -36,9 +36,8 @@ def main() -> None:
     signer = UriSigner([SECRET])
     session = signer.session_part(CLAIMS)
 
-    def authorize(uri: str, scope: str, start_ms: int | None) -> str:
-        scope_text = f"s{start_ms}" if scope == "s" else scope
-        return signer.mint(session, scope_text, "/sample/v360/" + uri)
+    def authorize(uri: str, scope: str) -> str:
+        return signer.mint(session, scope, "/sample/v360/" + uri)
 
     def rewrite() -> bytes:
         return PlaylistRewriter(authorize).rewrite(PLAYLIST)

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -19,17 +20,25 @@ from starlette.routing import Route
 from edge.access_log import AccessLogMiddleware
 from edge.entitlements import EntitlementCache
 from edge.events import EventFollower, InvalidEventBatch
-from edge.gate import Access, Gate
+from edge.gate import Access, Credentials, Gate
 from edge.keyset import KeySet
-from edge.paths import resolve_uri, split_media_path
-from edge.rewriter import TOKEN_PARAM, PlaylistRewriter, PlaylistTooLarge
+from edge.paths import (
+    PATH_TOKEN_SCOPE_KEY,
+    PathTokenMiddleware,
+    check_raw_path,
+    delivery_directives,
+    resolve_uri,
+    split_media_path,
+)
+from edge.rewriter import InvalidPlaylist, PlaylistRewriter, PlaylistTooLarge
 from edge.settings import EdgeSettings
 from edge.upstream import FileUpstream, HttpUpstream, Upstream, is_playlist
-from edge.uri_tokens import SCOPE_SEGMENT, UriSigner
+from edge.uri_tokens import UriSigner
 from shared import problems
 from shared.events import EVENTS_MEDIA_TYPE
 from shared.http import REASON_HEADER, problem_handlers
 from shared.problems import Problem
+from shared.tokens import TOKEN_PARAM
 
 logger = logging.getLogger("segmentgate.edge")
 
@@ -46,6 +55,7 @@ class Edge:
         )
         self.keys = KeySet(self._fetch_jwks, settings.jwks_refresh_interval)
         self.signer = UriSigner(settings.uri_secrets)
+        assert settings.entitlement_ttl is not None  # set by EdgeSettings
         self.entitlements = EntitlementCache(
             settings.entitlement_ttl, settings.entitlement_capacity
         )
@@ -56,6 +66,8 @@ class Edge:
             self.entitlements,
             leeway_seconds=settings.leeway_seconds,
             max_token_bytes=settings.max_token_bytes,
+            renewal_seconds=settings.renewal_seconds,
+            max_token_lifetime=settings.max_token_lifetime,
         )
         self.upstream: Upstream
         if settings.upstream_url:
@@ -106,21 +118,25 @@ def _playlist_authorizer(request: Request, edge: Edge, access: Access, content_i
     playlist_url = f"{request.url.scheme}://{host}{request.scope['path']}"
     content_prefix = f"/{content_id}/"
 
-    def authorize(uri: str, scope: str, start_ms: int | None) -> str | None:
+    def authorize(uri: str, scope: str) -> str | None:
         path = resolve_uri(uri, playlist_url, frozenset(gated))
         if path is None:
             return None
         if not path.startswith(content_prefix):
             logger.warning("playlist URI leaves content %s: %r", content_id, uri)
             return None
-        scope_text = f"{SCOPE_SEGMENT}{start_ms}" if scope == SCOPE_SEGMENT else scope
-        return edge.signer.mint(access.session_part, scope_text, path)
+        return edge.signer.mint(access.session_part, scope, path)
 
     return authorize
 
 
 async def _rewritten_playlist(
-    request: Request, edge: Edge, access: Access, content_id: str, path: str
+    request: Request,
+    edge: Edge,
+    access: Access,
+    content_id: str,
+    path: str,
+    delivery: dict[str, str],
 ) -> Response:
     rewriter = PlaylistRewriter(
         _playlist_authorizer(request, edge, access, content_id),
@@ -128,11 +144,14 @@ async def _rewritten_playlist(
     )
     pieces: list[bytes] = []
     try:
-        async for chunk in edge.upstream.playlist_chunks(path):
+        async for chunk in edge.upstream.playlist_chunks(path, delivery):
             pieces.append(rewriter.feed(chunk))
         pieces.append(rewriter.close())
     except PlaylistTooLarge as exc:
-        raise Problem(problems.UPSTREAM_UNAVAILABLE, str(exc)) from None
+        raise Problem(problems.UPSTREAM_INVALID, str(exc)) from None
+    except InvalidPlaylist as exc:
+        logger.warning("upstream playlist /%s rejected: %s", path, exc)
+        raise Problem(problems.UPSTREAM_INVALID, str(exc)) from None
     body = b"".join(pieces)
     headers = {
         # Each viewer's playlist carries its own tokens: never share it.
@@ -145,14 +164,31 @@ async def _rewritten_playlist(
     return Response(body, media_type=PLAYLIST_MEDIA_TYPE, headers=headers)
 
 
+def _credentials(request: Request) -> Credentials:
+    authorization = request.headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    bearer = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return Credentials(
+        query=tuple(request.query_params.getlist(TOKEN_PARAM)),
+        bearer=bearer,
+        path=request.scope.get(PATH_TOKEN_SCOPE_KEY),
+        range=request.headers.get("range"),
+    )
+
+
 async def media(request: Request) -> Response:
     edge: Edge = request.app.state.edge
+    check_raw_path(request.scope.get("raw_path"))
     content_id, rest = split_media_path(request.scope["path"])
-    tokens = request.query_params.getlist(TOKEN_PARAM)
-    access = await edge.gate.check(tokens, content_id, request.scope["path"])
+    access = await edge.gate.check(
+        _credentials(request), content_id, request.scope["path"]
+    )
     media_path = f"{content_id}/{rest}"
     if is_playlist(rest):
-        return await _rewritten_playlist(request, edge, access, content_id, media_path)
+        delivery = delivery_directives(request.query_params)
+        return await _rewritten_playlist(
+            request, edge, access, content_id, media_path, delivery
+        )
     return await edge.upstream.media_response(media_path, request)
 
 
@@ -187,6 +223,19 @@ async def receive_events(request: Request) -> Response:
     return JSONResponse({"applied": changed, "last_seq": edge.events.last_seq})
 
 
+class _AnyPathConvertor(Convertor[str]):
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", _AnyPathConvertor())
+
+
 def create_app(settings: EdgeSettings) -> Starlette:
     """Build the edge ASGI application."""
     edge = Edge(settings)
@@ -204,9 +253,12 @@ def create_app(settings: EdgeSettings) -> Starlette:
     routes = [
         Route("/_edge/healthz", healthz, methods=["GET"]),
         Route("/_edge/events", receive_events, methods=["POST"]),
-        Route("/{path:path}", media, methods=["GET", "HEAD"]),
+        # "anypath" also matches control characters, which the path check
+        # rejects with a problem instead of the router's plain 404.
+        Route("/{path:anypath}", media, methods=["GET", "HEAD"]),
     ]
     middleware = [
+        Middleware(PathTokenMiddleware),
         Middleware(AccessLogMiddleware),
         Middleware(
             CORSMiddleware,

@@ -1,17 +1,22 @@
 """The decision on every media request: who is asking, and may they have it.
 
-Two kinds of credential arrive in the ``sg`` query parameter:
+Two kinds of credential reach the gate:
 
-* a playback token (a JWT from the origin), which opens playlists only;
-* a URI token that the edge wrote into a playlist, bound to one path.
+* a playback token, a JWT from the origin, in the ``sg`` query parameter, an
+  ``Authorization: Bearer`` header or a ``/_sg/<token>/`` path prefix;
+* a URI token that the edge wrote into a playlist, in the ``sg`` parameter,
+  bound to one path.
 
-A media segment is served when the viewer is entitled, or when it starts
-within the session's preview. Keys, init segments and playlists are served
-to every valid session, so a preview plays like the full stream.
+A playback token opens every playlist of its content item, and everything
+else only while the viewer is entitled. A URI token opens its one path: a
+media segment when the viewer is entitled or the segment starts within the
+session's preview, and keys, init segments and playlists for every session,
+so a preview plays like the full stream.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -19,12 +24,12 @@ import jwt
 
 from edge.entitlements import EntitlementCache
 from edge.keyset import KeySet
-from edge.rewriter import TOKEN_PARAM
 from edge.upstream import is_playlist
 from edge.uri_tokens import (
     SCOPE_PLAYLIST,
     SCOPE_SEGMENT,
     InvalidUriToken,
+    UriGrant,
     UriSigner,
 )
 from shared.problems import (
@@ -35,7 +40,24 @@ from shared.problems import (
     WRONG_CONTENT,
     Problem,
 )
-from shared.tokens import ISSUER, PLAYBACK_AUDIENCE, PlaybackClaims
+from shared.tokens import ISSUER, PLAYBACK_AUDIENCE, TOKEN_PARAM, PlaybackClaims
+
+# Both token formats use base64url and dots only; anything else is rejected
+# before any parsing, so no decoder sees percent-encodings or control bytes.
+_TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_\-.]+")
+# The scope of a request opened by a playback token rather than a URI token.
+SCOPE_SESSION = "session"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The tokens one request carries, as the transports delivered them."""
+
+    query: tuple[str, ...] = ()
+    bearer: str | None = None
+    path: str | None = None
+    # The Range header, which a preview's byte-range segment must respect.
+    range: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +70,13 @@ class Access:
 
 
 class Gate:
-    """Verify credentials and decide access, without I/O for known keys."""
+    """Verify credentials and decide access, without I/O for known keys.
+
+    ``renewal_seconds`` lets a URI token outlive its session's expiry while
+    the viewer stays entitled, so a long film or a paused one plays on; a
+    revocation ends it at once. ``max_token_lifetime`` rejects playback
+    tokens issued for longer than the edge's entitlement records last.
+    """
 
     def __init__(
         self,
@@ -58,39 +86,64 @@ class Gate:
         *,
         leeway_seconds: int = 5,
         max_token_bytes: int = 4096,
+        renewal_seconds: float = 0.0,
+        max_token_lifetime: float = 3600.0,
     ) -> None:
         self._keys = keys
         self._signer = signer
         self._entitlements = entitlements
         self._leeway = leeway_seconds
         self._max_token_bytes = max_token_bytes
+        self._renewal = renewal_seconds
+        self._max_lifetime = max_token_lifetime
 
-    async def check(self, tokens: list[str], content_id: str, path: str) -> Access:
+    async def check(
+        self, credentials: Credentials, content_id: str, path: str
+    ) -> Access:
         """Decide a request for ``path`` (decoded, absolute) of ``content_id``."""
-        if not tokens:
-            raise Problem(TOKEN_MISSING, f"add the '{TOKEN_PARAM}' query parameter")
-        if len(tokens) > 1:
+        if len(credentials.query) > 1:
             raise Problem(TOKEN_INVALID, f"more than one '{TOKEN_PARAM}' parameter")
-        token = tokens[0]
-        if len(token) > self._max_token_bytes:
-            raise Problem(TOKEN_INVALID, "token is too long")
-
-        if token.count(".") == 2:
-            claims = await self._verify_playback_token(token)
-            scope = SCOPE_PLAYLIST
-            if not is_playlist(path):
-                raise Problem(TOKEN_INVALID, "a playback token opens playlists only")
+        token = credentials.query[0] if credentials.query else None
+        if token is not None and token.count(".") == 3:
+            self._check_shape(token)
+            claims, scope = self._verify_uri_token(token, path, credentials.range)
         else:
-            claims, scope = self._verify_uri_token(token, path)
+            session_token = token or credentials.bearer or credentials.path
+            if session_token is None:
+                raise Problem(
+                    TOKEN_MISSING,
+                    f"add the '{TOKEN_PARAM}' query parameter or a bearer token",
+                )
+            self._check_shape(session_token)
+            claims = await self._verify_playback_token(session_token)
+            scope = self._session_scope(claims, path)
         if claims.content_id != content_id:
             raise Problem(WRONG_CONTENT, f"token is not valid for '{content_id}'")
         return Access(claims, scope, self._signer.session_part(claims))
+
+    def _check_shape(self, token: str) -> None:
+        if len(token) > self._max_token_bytes:
+            raise Problem(TOKEN_INVALID, "token is too long")
+        if not _TOKEN_ALPHABET.fullmatch(token):
+            raise Problem(TOKEN_INVALID, "token contains characters outside base64url")
+
+    def _session_scope(self, claims: PlaybackClaims, path: str) -> str:
+        if is_playlist(path):
+            return SCOPE_PLAYLIST
+        if self._entitlements.is_entitled(claims):
+            return SCOPE_SESSION
+        raise Problem(
+            PREVIEW_ENDED,
+            "a playback token opens segments and keys only for an entitled "
+            "viewer; preview sessions use the URIs of the served playlist",
+        )
 
     async def _verify_playback_token(self, token: str) -> PlaybackClaims:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
             raise Problem(TOKEN_INVALID, "playback token is malformed") from None
+        # The kid is only ever a dictionary key here, never a path or URL.
         key = await self._keys.get(kid) if isinstance(kid, str) and kid else None
         if key is None:
             raise Problem(TOKEN_INVALID, "playback token is signed by an unknown key")
@@ -104,30 +157,72 @@ class Gate:
                 leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},
             )
-            return PlaybackClaims.from_jwt_claims(payload)
+            claims = PlaybackClaims.from_jwt_claims(payload)
         except jwt.ExpiredSignatureError:
             raise Problem(TOKEN_EXPIRED, "playback token has expired") from None
         except (jwt.PyJWTError, ValueError) as exc:
             raise Problem(TOKEN_INVALID, f"playback token is invalid: {exc}") from None
+        if claims.expires_at - int(payload["iat"]) > self._max_lifetime:
+            raise Problem(
+                TOKEN_INVALID,
+                f"playback token lives longer than {self._max_lifetime:g} seconds",
+            )
+        return claims
 
-    def _verify_uri_token(self, token: str, path: str) -> tuple[PlaybackClaims, str]:
+    def _verify_uri_token(
+        self, token: str, path: str, range_header: str | None
+    ) -> tuple[PlaybackClaims, str]:
         try:
             grant = self._signer.verify(token, path)
         except InvalidUriToken as exc:
             raise Problem(TOKEN_INVALID, str(exc)) from None
-        if time.time() > grant.claims.expires_at + self._leeway:
-            raise Problem(TOKEN_EXPIRED, "the playback session has expired")
-        if grant.scope == SCOPE_SEGMENT and grant.start_ms is not None:
-            self._check_segment(grant.claims, grant.start_ms)
+        self._check_session_expiry(grant.claims)
+        if grant.scope == SCOPE_SEGMENT:
+            self._check_segment(grant, range_header)
         return grant.claims, grant.scope
 
-    def _check_segment(self, claims: PlaybackClaims, start_ms: int) -> None:
+    def _check_session_expiry(self, claims: PlaybackClaims) -> None:
+        overdue = time.time() - (claims.expires_at + self._leeway)
+        if overdue <= 0:
+            return
+        if overdue <= self._renewal and self._entitlements.is_entitled(claims):
+            return
+        raise Problem(TOKEN_EXPIRED, "the playback session has expired")
+
+    def _check_segment(self, grant: UriGrant, range_header: str | None) -> None:
+        claims = grant.claims
         if self._entitlements.is_entitled(claims):
             return
-        if start_ms < claims.preview_seconds * 1000:
-            return
+        if (
+            grant.start_ms is not None
+            and grant.start_ms < claims.preview_seconds * 1000
+        ):
+            if grant.byte_range is None or _range_within(
+                range_header, grant.byte_range
+            ):
+                return
+            raise Problem(
+                PREVIEW_ENDED,
+                "a preview reads only the byte range its playlist lists for this "
+                "segment; send a Range header inside it",
+            )
         raise Problem(
             PREVIEW_ENDED,
             f"the preview covers the first {claims.preview_seconds:g} seconds; "
             "buy the content to keep watching",
         )
+
+
+_SINGLE_RANGE = re.compile(r"bytes=([0-9]{1,19})-([0-9]{1,19})")
+
+
+def _range_within(range_header: str | None, byte_range: tuple[int, int]) -> bool:
+    """Return whether a single ``bytes=a-b`` range lies inside ``byte_range``."""
+    if range_header is None:
+        return False
+    match = _SINGLE_RANGE.fullmatch(range_header.strip())
+    if match is None:
+        return False
+    first, last = int(match.group(1)), int(match.group(2))
+    offset, length = byte_range
+    return offset <= first <= last < offset + length

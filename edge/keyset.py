@@ -45,7 +45,7 @@ class KeySet:
                 continue
             try:
                 keys[kid] = jwt.PyJWK(entry, algorithm=algorithm)
-            except jwt.PyJWKError as exc:
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError) as exc:
                 logger.warning("skipping invalid JWK %s: %s", kid, exc)
         self._keys = keys
 

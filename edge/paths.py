@@ -10,10 +10,25 @@ rejected before any upstream is asked.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from urllib.parse import unquote, urljoin, urlsplit
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from shared.content import CONTENT_ID
-from shared.problems import INVALID_PATH, Problem
+from shared.problems import INVALID_PATH, INVALID_REQUEST, Problem
+
+# ``/_sg/<token>/<content_id>/...`` carries a playback token in the path, so
+# relative URIs in playlists inherit it. Content ids cannot start with "_".
+PATH_TOKEN_PREFIX = "/_sg/"
+PATH_TOKEN_SCOPE_KEY = "segmentgate.path_token"
+# LL-HLS delivery directives (RFC 8216bis, section 6.2.5.2) that pass to the
+# upstream, each with the only values it may take.
+_DELIVERY_DIRECTIVES = {
+    "_HLS_msn": re.compile(r"[0-9]{1,19}"),
+    "_HLS_part": re.compile(r"[0-9]{1,19}"),
+    "_HLS_skip": re.compile(r"YES|v2"),
+}
 
 # Percent-encodings of '.', '/', '\' and NUL that survive one decoding are
 # double encodings, a classic way to smuggle '..' past a single check.
@@ -44,6 +59,20 @@ def split_media_path(path: str) -> tuple[str, str]:
     return segments[0], "/".join(segments[1:])
 
 
+def check_raw_path(raw_path: bytes | None) -> None:
+    """Reject a request whose path, as sent, has dot or empty segments.
+
+    Some servers remove dot segments before the application sees the path,
+    so ``/a/../b`` would arrive as ``/b``. The edge rejects such requests
+    outright rather than serve whatever the normalised path names.
+    """
+    if raw_path is None:
+        return
+    decoded = unquote(raw_path.decode("latin-1"), errors="replace")
+    if any(segment in (".", "..") for segment in decoded.split("/")):
+        raise Problem(INVALID_PATH, "path contains a '.' or '..' segment")
+
+
 def resolve_uri(uri: str, playlist_url: str, gated_hosts: frozenset[str]) -> str | None:
     """Resolve a playlist URI to the decoded path the player will request.
 
@@ -61,3 +90,50 @@ def resolve_uri(uri: str, playlist_url: str, gated_hosts: frozenset[str]) -> str
     except ValueError:
         return None
     return unquote(resolved.path, errors="replace")
+
+
+class PathTokenMiddleware:
+    """Move a ``/_sg/<token>/`` path prefix into the scope.
+
+    Everything after this middleware, the access log included, sees the
+    media path alone, so the token never reaches logs or problem bodies.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(PATH_TOKEN_PREFIX):
+            token, slash, rest = path[len(PATH_TOKEN_PREFIX) :].partition("/")
+            if not token or not slash:
+                # Malformed: keep the token out of the path that is logged.
+                scope = {**scope, "path": PATH_TOKEN_PREFIX, "raw_path": b"/_sg/"}
+            else:
+                media_path = "/" + rest
+                scope = {
+                    **scope,
+                    "path": media_path,
+                    "raw_path": media_path.encode("utf-8", "surrogateescape"),
+                    PATH_TOKEN_SCOPE_KEY: token,
+                }
+        await self.app(scope, receive, send)
+
+
+def delivery_directives(query: Mapping[str, str]) -> dict[str, str]:
+    """Return the LL-HLS delivery directives of a playlist request, checked.
+
+    Raise :class:`Problem` ``invalid-request`` for a malformed value, so no
+    request value other than these reaches the upstream.
+    """
+    directives: dict[str, str] = {}
+    for name, pattern in _DELIVERY_DIRECTIVES.items():
+        value = query.get(name)
+        if value is None:
+            continue
+        if not pattern.fullmatch(value):
+            raise Problem(INVALID_REQUEST, f"invalid {name} value {value[:40]!r}")
+        directives[name] = value
+    if "_HLS_part" in directives and "_HLS_msn" not in directives:
+        raise Problem(INVALID_REQUEST, "_HLS_part requires _HLS_msn")
+    return directives

@@ -22,17 +22,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from edge.uri_tokens import SCOPE_KEY, SCOPE_PLAYLIST, SCOPE_SEGMENT
+from edge.uri_tokens import SCOPE_KEY, SCOPE_PLAYLIST, SCOPE_SEGMENT, segment_scope
 from shared.tokens import TOKEN_PARAM
 
 INTERSTITIAL_CLASS = "com.apple.hls.interstitial"
 
-# The authorize callback receives a URI as written in the playlist, its scope
-# and, for segments and parts, the start time in milliseconds. It returns the
-# token to append, or None to leave the URI alone (another host, another
-# scheme, or a path outside the content item).
-Authorize = Callable[[str, str, int | None], str | None]
+# The authorize callback receives a URI as written in the playlist and its
+# scope text (see ``edge.uri_tokens``: ``p``, ``k``, or ``s<start_ms>`` with
+# an optional byte range). It returns the token to append, or None to leave
+# the URI alone (another host, another scheme, or a path outside the content
+# item).
+Authorize = Callable[[str, str], str | None]
 
+_UTF8_BOM = b"\xef\xbb\xbf"
 _KEY_TAGS = frozenset({"EXT-X-KEY", "EXT-X-SESSION-KEY", "EXT-X-MAP"})
 _PLAYLIST_TAGS = frozenset(
     {
@@ -47,6 +49,10 @@ _PLAYLIST_TAGS = frozenset(
 
 class PlaylistTooLarge(ValueError):
     """Raised when a playlist or one of its lines exceeds the size limit."""
+
+
+class InvalidPlaylist(ValueError):
+    """Raised when the input does not start with ``#EXTM3U``."""
 
 
 @dataclass
@@ -109,6 +115,21 @@ def _split_ending(line: str) -> tuple[str, str]:
     return line, ""
 
 
+def _parse_byte_range(text: str | None) -> tuple[int, int | None] | None:
+    """Parse ``<length>[@<offset>]``; return None when it is malformed."""
+    if text is None:
+        return None
+    length_text, _, offset_text = text.strip().partition("@")
+    try:
+        length = int(length_text)
+        offset = int(offset_text) if offset_text else None
+    except ValueError:
+        return None
+    if length < 0 or (offset is not None and offset < 0):
+        return None
+    return length, offset
+
+
 def _parse_number(text: str | None, default: float = 0.0) -> float:
     try:
         return float(text.strip()) if text is not None else default
@@ -137,12 +158,16 @@ class PlaylistRewriter:
         self._max_line = max_line
         self._buffer = bytearray()
         self._received = 0
-        self._tokens: dict[tuple[str, str, int | None], str | None] = {}
+        self._tokens: dict[tuple[str, str], str | None] = {}
         self._segment_start = 0.0
         self._segment_duration = 0.0
         self._part_offset = 0.0
         self._target_duration = 0.0
+        self._part_start_ms = 0
         self._variant_next = False
+        self._byte_range: tuple[int, int] | None = None
+        self._range_ends: dict[str, int] = {}
+        self._started = False
         self.inserted = 0
 
     def feed(self, chunk: bytes) -> bytes:
@@ -162,13 +187,17 @@ class PlaylistRewriter:
     def close(self) -> bytes:
         rest = bytes(self._buffer)
         self._buffer.clear()
-        return self._rewrite(rest) if rest else b""
+        if not rest and self._started:
+            return b""
+        return self._rewrite(rest)
 
     def rewrite(self, playlist: bytes) -> bytes:
         """Rewrite a whole playlist at once."""
         return self.feed(playlist) + self.close()
 
     def _rewrite(self, data: bytes) -> bytes:
+        if not self._started:
+            data = self._check_header(data)
         # surrogateescape keeps bytes that are not UTF-8 exactly as they came.
         text = data.decode("utf-8", "surrogateescape")
         # Only LF ends a line; a CR before it stays part of that line's ending.
@@ -178,6 +207,21 @@ class PlaylistRewriter:
             lines.append(parts[-1])
         out = "".join(self._rewrite_line(line) for line in lines)
         return out.encode("utf-8", "surrogateescape")
+
+    def _check_header(self, data: bytes) -> bytes:
+        """Apply the rule for the start of a playlist to its first line.
+
+        RFC 8216 requires ``#EXTM3U`` as the first line and forbids a byte
+        order mark. A UTF-8 BOM is removed, because players fail on it; any
+        other first line rejects the whole playlist, because text before
+        ``#EXTM3U`` could be read as a URI by one player and not another.
+        """
+        self._started = True
+        if data.startswith(_UTF8_BOM):
+            data = data[len(_UTF8_BOM) :]
+        if not data.startswith(b"#EXTM3U") or data[7:8] not in (b"", b"\r", b"\n"):
+            raise InvalidPlaylist("the playlist does not start with #EXTM3U")
+        return data
 
     def _rewrite_line(self, line: str) -> str:
         content, ending = _split_ending(line)
@@ -194,13 +238,15 @@ class PlaylistRewriter:
         trailing = content[len(uri) :]
         if self._variant_next:
             self._variant_next = False
-            token = self._token(uri, SCOPE_PLAYLIST, None)
+            token = self._token(uri, SCOPE_PLAYLIST)
         else:
+            byte_range = self._resolve_range(uri, self._byte_range)
             start_ms = round(self._segment_start * 1000)
-            token = self._token(uri, SCOPE_SEGMENT, start_ms)
+            token = self._token(uri, segment_scope(start_ms, byte_range))
             self._segment_start += self._segment_duration
             self._segment_duration = 0.0
             self._part_offset = 0.0
+            self._byte_range = None
         if token is None:
             return content
         return append_token(uri, token) + trailing
@@ -217,6 +263,8 @@ class PlaylistRewriter:
             self._target_duration = _parse_number(content[attributes_at:])
         elif name == "EXT-X-STREAM-INF":
             self._variant_next = True
+        elif name == "EXT-X-BYTERANGE":
+            self._byte_range = _parse_byte_range(content[attributes_at:])
         elif name == "EXT-X-SKIP":
             skipped = _attribute_value(content, attributes_at, "SKIPPED-SEGMENTS")
             # NOTE: a delta update does not list the skipped durations, so
@@ -233,13 +281,18 @@ class PlaylistRewriter:
         pieces: list[str] = []
         position = 0
         for attribute in _attributes(content, start):
-            scope_start = targets.get(attribute.name)
-            if scope_start is None or not attribute.quoted:
+            scope = targets.get(attribute.name)
+            if scope is None or not attribute.quoted:
                 continue
             uri = content[attribute.value_start : attribute.value_end]
             if not uri:
                 continue
-            token = self._token(uri, *scope_start)
+            if scope == SCOPE_SEGMENT:
+                # A part: its start is known now, its byte range from the tag.
+                part_range = _attribute_value(content, start, "BYTERANGE")
+                byte_range = self._resolve_range(uri, _parse_byte_range(part_range))
+                scope = segment_scope(self._part_start_ms, byte_range)
+            token = self._token(uri, scope)
             if token is None:
                 continue
             pieces.append(content[position : attribute.value_start])
@@ -248,41 +301,63 @@ class PlaylistRewriter:
         pieces.append(content[position:])
         return "".join(pieces)
 
-    def _uri_targets(
-        self, name: str, content: str, start: int
-    ) -> dict[str, tuple[str, int | None]]:
-        """Map the URI attribute names of a tag to their scope and start."""
+    def _uri_targets(self, name: str, content: str, start: int) -> dict[str, str]:
+        """Map the URI attribute names of a tag to their scope.
+
+        ``SCOPE_SEGMENT`` stands for a part, whose full scope needs the URI.
+        """
         if name in _KEY_TAGS:
-            return {"URI": (SCOPE_KEY, None)}
+            return {"URI": SCOPE_KEY}
         if name in _PLAYLIST_TAGS:
-            return {"URI": (SCOPE_PLAYLIST, None)}
+            return {"URI": SCOPE_PLAYLIST}
         if name == "EXT-X-CONTENT-STEERING":
-            return {"SERVER-URI": (SCOPE_PLAYLIST, None)}
+            return {"SERVER-URI": SCOPE_PLAYLIST}
         if name == "EXT-X-DATERANGE":
             if _attribute_value(content, start, "CLASS") != INTERSTITIAL_CLASS:
                 return {}
-            scope = (SCOPE_PLAYLIST, None)
-            return {"X-ASSET-URI": scope, "X-ASSET-LIST": scope}
+            return {"X-ASSET-URI": SCOPE_PLAYLIST, "X-ASSET-LIST": SCOPE_PLAYLIST}
         if name == "EXT-X-PART":
-            part_start = self._segment_start + self._part_offset
+            self._part_start_ms = round(
+                (self._segment_start + self._part_offset) * 1000
+            )
             duration = _attribute_value(content, start, "DURATION")
             self._part_offset += _parse_number(duration)
-            return {"URI": (SCOPE_SEGMENT, round(part_start * 1000))}
+            return {"URI": SCOPE_SEGMENT}
         if name == "EXT-X-PRELOAD-HINT":
             if _attribute_value(content, start, "TYPE") == "MAP":
-                return {"URI": (SCOPE_KEY, None)}
-            part_start = self._segment_start + self._part_offset
-            return {"URI": (SCOPE_SEGMENT, round(part_start * 1000))}
+                return {"URI": SCOPE_KEY}
+            self._part_start_ms = round(
+                (self._segment_start + self._part_offset) * 1000
+            )
+            return {"URI": SCOPE_SEGMENT}
         return {}
 
-    def _token(self, uri: str, scope: str, start_ms: int | None) -> str | None:
-        # The same URI in the same scope gets the same token within a
-        # response, so byte ranges and shared keys stay cacheable.
-        cache_key = (uri, scope, start_ms if scope != SCOPE_SEGMENT else None)
+    def _current_part_start_ms(self) -> int:
+        return round((self._segment_start + self._part_offset) * 1000)
+
+    def _resolve_range(
+        self, uri: str, byte_range: tuple[int, int | None] | None
+    ) -> tuple[int, int] | None:
+        """Fill in a missing offset: it continues the URI's previous range."""
+        if byte_range is None:
+            return None
+        length, offset = byte_range
+        if offset is None:
+            offset = self._range_ends.get(uri, 0)
+        self._range_ends[uri] = offset + length
+        return offset, length
+
+    def _token(self, uri: str, scope: str) -> str | None:
+        # The same URI gets the same token within a response, so shared keys
+        # and init segments stay cacheable. A whole segment repeated keeps
+        # its first start time. A byte range gets a token of its own, so a
+        # preview cannot read past its end with the first range's token.
+        kind = scope[:1]
+        cache_key = (uri, scope if "r" in scope else kind)
         if cache_key in self._tokens:
             token = self._tokens[cache_key]
         else:
-            token = self._authorize(uri, scope, start_ms)
+            token = self._authorize(uri, scope)
             self._tokens[cache_key] = token
         if token is not None:
             self.inserted += 1

@@ -9,6 +9,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.tokens import MAX_TOKEN_LIFETIME, SESSION_RENEWAL
+
 logger = logging.getLogger("segmentgate.edge")
 
 
@@ -27,9 +29,9 @@ class EdgeSettings:
     ``media_root`` serves files from disk; ``upstream_url`` streams them from
     an HTTP origin instead. ``uri_secrets`` sign the authorizations written
     into playlists: every edge of a fleet must share them, the last one
-    signs. ``entitlement_ttl`` must be at least the longest playback token
-    lifetime, because an entitlement change older than every live token can
-    be forgotten.
+    signs. ``entitlement_ttl`` defaults to the longest token lifetime plus
+    the renewal window, because only an entitlement change older than every
+    token still honoured can be forgotten.
     """
 
     origin_url: str
@@ -41,13 +43,23 @@ class EdgeSettings:
     leeway_seconds: int = 5
     max_token_bytes: int = 4096
     max_playlist_bytes: int = 16 * 1024 * 1024
-    entitlement_ttl: float = 2 * 3600 + 60
+    entitlement_ttl: float | None = None
     entitlement_capacity: int = 1_000_000
     jwks_refresh_interval: float = 30.0
     origin_timeout: float = 5.0
     sync_interval: float = 5.0
+    renewal_seconds: float = SESSION_RENEWAL
+    max_token_lifetime: float = MAX_TOKEN_LIFETIME
 
     def __post_init__(self) -> None:
+        minimum_ttl = self.max_token_lifetime + self.renewal_seconds + 60
+        if self.entitlement_ttl is None:
+            self.entitlement_ttl = minimum_ttl
+        elif self.entitlement_ttl < minimum_ttl:
+            raise ValueError(
+                f"entitlement_ttl must be at least {minimum_ttl:g} seconds "
+                "(max_token_lifetime + renewal_seconds + 60)"
+            )
         if self.media_root is None and self.upstream_url is None:
             raise ValueError("set media_root or upstream_url")
         if not self.uri_secrets:

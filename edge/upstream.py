@@ -55,7 +55,9 @@ def is_playlist(path: str) -> bool:
 
 
 class Upstream(Protocol):
-    def playlist_chunks(self, path: str) -> AsyncIterator[bytes]: ...
+    def playlist_chunks(
+        self, path: str, directives: dict[str, str]
+    ) -> AsyncIterator[bytes]: ...
 
     async def media_response(self, path: str, request: Request) -> Response: ...
 
@@ -77,7 +79,11 @@ class FileUpstream:
             raise Problem(NOT_FOUND, f"no media at /{path}")
         return target
 
-    async def playlist_chunks(self, path: str) -> AsyncIterator[bytes]:
+    async def playlist_chunks(
+        self, path: str, directives: dict[str, str]
+    ) -> AsyncIterator[bytes]:
+        # A file is a finished playlist: LL-HLS delivery directives, which ask
+        # a live packager to block or to send a delta, do not apply.
         target = self._file(path)
         async with await anyio.open_file(target, "rb") as handle:
             while chunk := await handle.read(CHUNK_SIZE):
@@ -100,9 +106,15 @@ class HttpUpstream:
         )
 
     async def _open(
-        self, method: str, path: str, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        params: dict[str, str] | None = None,
     ) -> httpx.Response:
-        request = self._client.build_request(method, "/" + path, headers=headers)
+        request = self._client.build_request(
+            method, "/" + path, headers=headers, params=params
+        )
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -120,8 +132,10 @@ class HttpUpstream:
             )
         return response
 
-    async def playlist_chunks(self, path: str) -> AsyncIterator[bytes]:
-        response = await self._open("GET", path, {})
+    async def playlist_chunks(
+        self, path: str, directives: dict[str, str]
+    ) -> AsyncIterator[bytes]:
+        response = await self._open("GET", path, {}, directives)
         try:
             async for chunk in response.aiter_raw():
                 yield chunk

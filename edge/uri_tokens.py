@@ -7,7 +7,8 @@ A URI token binds one resolved media path to one playback session::
 ``session`` is the base64url JSON of the session's claims, shared by every
 URI of a playlist. ``scope`` is ``p`` (a playlist), ``k`` (a key or init
 segment) or ``s<ms>`` (a media segment starting ``ms`` milliseconds into the
-presentation). The HMAC-SHA256 signature covers the session, the scope and
+presentation). A segment that is a byte range of a larger file has the scope
+``s<ms>r<offset>-<length>``. The HMAC-SHA256 signature covers the session, the scope and
 the decoded request path, so a token copied to another path, another
 content item or another start time does not verify.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ VERSION = "1"
 SCOPE_PLAYLIST = "p"
 SCOPE_KEY = "k"
 SCOPE_SEGMENT = "s"
+_SEGMENT_SCOPE = re.compile(r"s([0-9]{1,15})(?:r([0-9]{1,19})-([0-9]{1,19}))?")
 
 
 class InvalidUriToken(ValueError):
@@ -45,6 +48,7 @@ class UriGrant:
     claims: PlaybackClaims
     scope: str
     start_ms: int | None
+    byte_range: tuple[int, int] | None = None
 
 
 def _encode_session(claims: PlaybackClaims) -> str:
@@ -126,12 +130,19 @@ class UriSigner:
         if claims is None:
             claims = _decode_session(session_part)
             self._sessions[session_part] = claims
-        return UriGrant(claims, scope[:1], _parse_start(scope))
+        if scope in (SCOPE_PLAYLIST, SCOPE_KEY):
+            return UriGrant(claims, scope, None)
+        match = _SEGMENT_SCOPE.fullmatch(scope)
+        if match is None:
+            raise InvalidUriToken("scope is not recognised")
+        start, offset, length = match.groups()
+        byte_range = (int(offset), int(length)) if offset is not None else None
+        return UriGrant(claims, SCOPE_SEGMENT, int(start), byte_range)
 
 
-def _parse_start(scope: str) -> int | None:
-    if scope in (SCOPE_PLAYLIST, SCOPE_KEY):
-        return None
-    if scope.startswith(SCOPE_SEGMENT) and scope[1:].isdigit():
-        return int(scope[1:])
-    raise InvalidUriToken("scope is not recognised")
+def segment_scope(start_ms: int, byte_range: tuple[int, int] | None = None) -> str:
+    """Return the scope text of a segment: its start and optional byte range."""
+    if byte_range is None:
+        return f"{SCOPE_SEGMENT}{start_ms}"
+    offset, length = byte_range
+    return f"{SCOPE_SEGMENT}{start_ms}r{offset}-{length}"

@@ -20,9 +20,13 @@ from origin.auth import require_viewer
 from origin.catalog import load_content
 from origin.entitlements import get_entitlement
 from origin.state import Origin
-from origin.validation import read_object, string_field
+from origin.validation import invalid, read_object, string_field
 from shared.content import CONTENT_ID
 from shared.tokens import TOKEN_PARAM, PlaybackClaims, encode_playback_token
+
+# How the playlist URL carries the token: in the query (every player), or
+# in a ``/_sg/<token>/`` path prefix that relative URIs inherit.
+TRANSPORTS = ("query", "path")
 
 
 async def create_playback_session(request: Request) -> Response:
@@ -30,6 +34,11 @@ async def create_playback_session(request: Request) -> Response:
     viewer = await require_viewer(request, origin.engine)
     data, _ = await read_object(request)
     content_id = string_field(data, "content_id", max_length=128, pattern=CONTENT_ID)
+    transport = data.get("transport", "query")
+    if transport not in TRANSPORTS:
+        raise invalid(
+            f"'transport' must be one of {', '.join(TRANSPORTS)}", "transport"
+        )
     item = await load_content(origin, content_id)
     async with origin.engine.connect() as connection:
         entitlement = await get_entitlement(connection, viewer.viewer_id, content_id)
@@ -47,7 +56,11 @@ async def create_playback_session(request: Request) -> Response:
     )
     token = encode_playback_token(claims, origin.keys.current)
     edge = origin.settings.edge_public_url.rstrip("/")
-    playlist_url = f"{edge}/{content_id}/{quote(item.entry)}?{TOKEN_PARAM}={token}"
+    entry = f"{content_id}/{quote(item.entry)}"
+    if transport == "path":
+        playlist_url = f"{edge}/_sg/{token}/{entry}"
+    else:
+        playlist_url = f"{edge}/{entry}?{TOKEN_PARAM}={token}"
     return JSONResponse(
         {
             "playlist_url": playlist_url,

@@ -7,6 +7,8 @@ import os
 import secrets
 from dataclasses import dataclass
 
+from shared.tokens import MAX_TOKEN_LIFETIME, SESSION_RENEWAL
+
 logger = logging.getLogger("segmentgate.origin")
 
 
@@ -24,7 +26,9 @@ class OriginSettings:
     edge_urls: tuple[str, ...] = ()
     signing_algorithm: str = "EdDSA"
     playback_token_ttl: int = 30 * 60
-    event_retention_seconds: int = 2 * 3600 + 120
+    # Events must outlive every token that an edge may still honour: the
+    # longest token lifetime plus the renewal window, with slack for clocks.
+    event_retention_seconds: int = MAX_TOKEN_LIFETIME + SESSION_RENEWAL + 600
     relay_poll_interval: float = 1.0
     relay_timeout: float = 5.0
     payment_provider: str = "sandbox"
@@ -35,10 +39,16 @@ class OriginSettings:
             self.admin_token_generated = True
         else:
             self.admin_token_generated = False
-        if self.event_retention_seconds < self.playback_token_ttl:
+        if not 0 < self.playback_token_ttl <= MAX_TOKEN_LIFETIME:
             raise ValueError(
-                "event_retention_seconds must be at least playback_token_ttl, "
-                "or edges could forget a revocation while its tokens still live"
+                f"playback_token_ttl must be 1 to {MAX_TOKEN_LIFETIME} seconds, "
+                "the longest lifetime edges accept"
+            )
+        if self.event_retention_seconds < MAX_TOKEN_LIFETIME + SESSION_RENEWAL:
+            raise ValueError(
+                "event_retention_seconds must be at least "
+                f"{MAX_TOKEN_LIFETIME + SESSION_RENEWAL} (token lifetime plus "
+                "renewal), or a restarted edge could miss a revocation"
             )
 
     @classmethod

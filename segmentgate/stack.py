@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -47,6 +48,9 @@ class Stack:
     admin_token: str = ""
     uri_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     provider: PaymentProvider | None = None
+    upstream_url: str | None = None
+    origin_options: dict[str, Any] = field(default_factory=dict)
+    edge_options: dict[str, Any] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     origin_app: Starlette | None = field(default=None, init=False)
     edge_app: Starlette | None = field(default=None, init=False)
@@ -65,13 +69,16 @@ class Stack:
             admin_token=self.admin_token,
             edge_public_url=self.edge_url,
             edge_urls=(self.edge_url,),
+            **self.origin_options,
         )
 
     def edge_settings(self) -> EdgeSettings:
         return EdgeSettings(
             origin_url=self.origin_url,
-            media_root=self.media_root,
+            media_root=None if self.upstream_url else self.media_root,
+            upstream_url=self.upstream_url,
             uri_secrets=[self.uri_secret],
+            **self.edge_options,
         )
 
     async def run(self, shutdown: asyncio.Event, seed: bool = True) -> None:

@@ -57,6 +57,9 @@ PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", 413, "Payload too large")
 UPSTREAM_UNAVAILABLE = ProblemType(
     "upstream-unavailable", 502, "Upstream is unavailable"
 )
+UPSTREAM_INVALID = ProblemType(
+    "upstream-invalid", 502, "Upstream sent an invalid playlist"
+)
 INTERNAL = ProblemType("internal", 500, "Internal error")
 
 

@@ -19,8 +19,14 @@ from shared.keys import SigningKey
 
 ISSUER = "segmentgate-origin"
 PLAYBACK_AUDIENCE = "segmentgate-edge"
+# Edges reject playback tokens that live longer than this, because their
+# entitlement records must outlast every token they may have to override.
+MAX_TOKEN_LIFETIME = 3600
+# How long past its expiry an edge keeps a session's playlist URIs working
+# while the viewer stays entitled, so a long or paused film plays to the end.
+SESSION_RENEWAL = 6 * 3600
 # The query parameter that carries a playback or URI token on media URLs.
-TOKEN_PARAM = "sg"  # noqa: S105 - a parameter name, not a secret
+TOKEN_PARAM = "sg"
 
 
 @dataclass(frozen=True)

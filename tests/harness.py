@@ -9,12 +9,17 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
+from segmentgate.serving import start_server, wait_until_healthy
 from segmentgate.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,11 +84,14 @@ class AccessLog(logging.Handler):
             return [r for r in self.records[mark:] if r.path.startswith(prefix)]
 
 
-class RunningStack:
-    """A :class:`Stack` served from a background thread with its own loop."""
+class BackgroundLoop:
+    """Run ``main(shutdown, ready)`` on an event loop of its own thread."""
 
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
+    def __init__(
+        self,
+        main: Callable[[asyncio.Event, asyncio.Event], Awaitable[None]],
+    ) -> None:
+        self._main = main
         self._loop = asyncio.new_event_loop()
         self._shutdown: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -93,33 +101,98 @@ class RunningStack:
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
 
-        async def main() -> None:
+        async def run() -> None:
             self._shutdown = asyncio.Event()
-            runner = asyncio.create_task(self.stack.run(self._shutdown))
-            ready = asyncio.create_task(self.stack.ready.wait())
-            await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+            ready = asyncio.Event()
+            runner = asyncio.create_task(self._main(self._shutdown, ready))
+            waiter = asyncio.create_task(ready.wait())
+            await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
             self._started.set()
             await runner
 
         try:
-            self._loop.run_until_complete(main())
+            self._loop.run_until_complete(run())
         except BaseException as exc:  # noqa: BLE001 - reported to the test thread
             self._error = exc
             self._started.set()
         finally:
             self._loop.close()
 
-    def start(self) -> RunningStack:
+    def start(self) -> None:
         self._thread.start()
         self._started.wait(60)
         if self._error is not None:
-            raise RuntimeError("the stack did not start") from self._error
-        return self
+            raise RuntimeError("the background server did not start") from self._error
 
     def stop(self) -> None:
         if self._shutdown is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._shutdown.set)
         self._thread.join(15)
+
+
+class RunningStack:
+    """A :class:`Stack` served from a background thread."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+        async def main(shutdown: asyncio.Event, ready: asyncio.Event) -> None:
+            runner = asyncio.create_task(stack.run(shutdown))
+            await asyncio.wait(
+                {runner, asyncio.create_task(stack.ready.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            ready.set()
+            await runner
+
+        self._loop = BackgroundLoop(main)
+
+    def start(self) -> RunningStack:
+        self._loop.start()
+        return self
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+
+class MediaServer:
+    """A plain static HTTP server for media, recording every request path.
+
+    It stands for a CDN or packager behind the edge, so tests can check that
+    a rejected request never reached the upstream.
+    """
+
+    def __init__(self, root: Path = MEDIA_ROOT) -> None:
+        self.port = free_port()
+        self.requests: list[str] = []
+        static = Starlette(routes=[Mount("/", StaticFiles(directory=root))])
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                query = scope.get("query_string", b"").decode("latin-1")
+                self.requests.append(scope["path"] + (f"?{query}" if query else ""))
+            await static(scope, receive, send)
+
+        async def main(shutdown: asyncio.Event, ready: asyncio.Event) -> None:
+            task = start_server(app, f"127.0.0.1:{self.port}", shutdown.wait)
+            await wait_until_healthy(f"{self.url}/trailer/index.m3u8")
+            self.requests.clear()
+            ready.set()
+            await task
+
+        self._loop = BackgroundLoop(main)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MediaServer:
+        self._loop.start()
+        return self
+
+    def stop(self) -> None:
+        self._loop.stop()
 
 
 @contextlib.contextmanager
@@ -182,8 +255,27 @@ class Viewer:
 
 def assert_problem(response: httpx.Response, status: int, slug: str) -> None:
     """Check that ``response`` is an RFC 9457 problem of type ``slug``."""
-    assert response.status_code == status, response.text
+    assert response.status_code == status, response.content[:300]
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body["type"] == PROBLEM_PREFIX + slug
     assert body["status"] == status
+
+
+def raw_get(base_url: str, target: bytes, headers: bytes = b"") -> tuple[int, bytes]:
+    """Send ``GET target`` exactly as given, with no client normalising it.
+
+    HTTP client libraries remove dot segments and re-encode paths, which
+    hides the very requests that path checks exist for.
+    """
+    url = httpx.URL(base_url)
+    with socket.create_connection((url.host, url.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET " + target + b" HTTP/1.1\r\nHost: " + url.host.encode()
+            + b"\r\nConnection: close\r\n" + headers + b"\r\n"
+        )  # fmt: skip
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body

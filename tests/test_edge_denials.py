@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -11,13 +12,14 @@ import jwt
 import pytest
 
 from shared.keys import SigningKey
-from shared.tokens import PlaybackClaims, encode_playback_token
+from shared.tokens import SESSION_RENEWAL, PlaybackClaims, encode_playback_token
 from tests.harness import (
     PROBLEM_PREFIX,
     AccessLog,
     RunningStack,
     Viewer,
     assert_problem,
+    raw_get,
 )
 
 
@@ -96,14 +98,19 @@ def test_expired_playback_token_is_401_expired(
     assert_edge_problem(response, 401, "token-expired")
 
 
-def test_expired_session_closes_its_segment_uris(
+def mint_uri_token(stack: RunningStack, claims: PlaybackClaims, path: str) -> str:
+    """Mint the URI token the edge would write for ``path`` in a playlist."""
+    signer = stack.stack.edge_app.state.edge.signer  # type: ignore[union-attr]
+    return signer.mint(signer.session_part(claims), "s0", path)
+
+
+def test_session_past_renewal_is_401_expired(
     edge: httpx.Client, stack: RunningStack
 ) -> None:
-    claims = PlaybackClaims("ps_y", "sample", "vr_y", int(time.time()) - 60, True, 0, 0)
-    edge_state = stack.stack.edge_app.state.edge  # type: ignore[union-attr]
-    session = edge_state.signer.session_part(claims)
+    expired = int(time.time()) - SESSION_RENEWAL - 60
+    claims = PlaybackClaims("ps_y", "sample", "vr_y", expired, True, 0, 0)
     path = "/sample/v180/seg_000.ts"
-    token = edge_state.signer.mint(session, "s0", path)
+    token = mint_uri_token(stack, claims, path)
     assert_edge_problem(edge.get(path, params={"sg": token}), 401, "token-expired")
 
 
@@ -113,12 +120,14 @@ def test_token_for_other_content_is_403(edge: httpx.Client, viewer: Viewer) -> N
     assert_edge_problem(response, 403, "wrong-content")
 
 
-def test_playback_token_does_not_open_segments(
+def test_preview_playback_token_does_not_open_segments(
     edge: httpx.Client, viewer: Viewer
 ) -> None:
     token = token_of(str(viewer.session()["playlist_url"]))
-    response = edge.get("/sample/v180/seg_000.ts", params={"sg": token})
-    assert_edge_problem(response, 403, "token-invalid")
+    response = edge.get("/sample/v180/seg_010.ts", params={"sg": token})
+    assert_edge_problem(response, 402, "preview-ended")
+    response = edge.get("/sample/keys/v360.key", params={"sg": token})
+    assert_edge_problem(response, 402, "preview-ended")
 
 
 def test_tampered_segment_uris_are_403(edge: httpx.Client, viewer: Viewer) -> None:
@@ -164,16 +173,13 @@ def test_tampered_segment_uris_are_403(edge: httpx.Client, viewer: Viewer) -> No
 def test_path_traversal_is_400_and_reads_nothing(
     stack: RunningStack, access_log: AccessLog, raw_path: bytes
 ) -> None:
-    # Raw bytes on the wire: a client library would normalise the dots away.
-    url = httpx.URL(stack.stack.edge_url).copy_with(raw_path=raw_path + b"?sg=x")
+    access_log.settle(quiet=0.05)
     mark = access_log.mark()
-    with httpx.Client(timeout=5) as client:
-        response = client.get(url)
-    assert response.status_code == 400, (raw_path, response.text)
-    assert response.json()["type"] == PROBLEM_PREFIX + "invalid-path"
-    statuses = [r.status for r in access_log.since(mark)]
-    # Nothing was served; an earlier test's record may still arrive late.
-    assert 400 in statuses and not {200, 206} & set(statuses)
+    status, body = raw_get(stack.stack.edge_url, raw_path + b"?sg=x")
+    assert status == 400, (raw_path, body)
+    assert json.loads(body)["type"] == PROBLEM_PREFIX + "invalid-path"
+    access_log.settle(quiet=0.05)
+    assert [r.status for r in access_log.since(mark)] == [400]
 
 
 def test_unknown_file_is_404_not_500(edge: httpx.Client, viewer: Viewer) -> None:

@@ -18,8 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.paths import resolve_uri
-from edge.rewriter import PlaylistRewriter, PlaylistTooLarge, append_token
-from edge.uri_tokens import SCOPE_KEY, SCOPE_PLAYLIST, SCOPE_SEGMENT
+from edge.rewriter import (
+    InvalidPlaylist,
+    PlaylistRewriter,
+    PlaylistTooLarge,
+    append_token,
+)
+from edge.uri_tokens import SCOPE_KEY, SCOPE_PLAYLIST
 
 CASES = Path(__file__).parent / "cases" / "playlists"
 DEFAULT_URL = "https://media.example.com/media/playlist.m3u8"
@@ -81,7 +86,7 @@ def placeholder_authorizer(url: str, extra_hosts: frozenset[str]):
     assert host
     gated = extra_hosts | {host.group(1)}
 
-    def authorize(uri: str, scope: str, start_ms: int | None) -> str | None:
+    def authorize(uri: str, scope: str) -> str | None:
         return "TOKEN" if resolve_uri(uri, url, gated) is not None else None
 
     return authorize
@@ -155,10 +160,10 @@ def test_any_chunking_gives_the_same_output(name: str, cuts: list[int]) -> None:
 
 
 def test_scopes_and_segment_start_times() -> None:
-    seen: list[tuple[str, str, int | None]] = []
+    seen: list[tuple[str, str]] = []
 
-    def authorize(uri: str, scope: str, start_ms: int | None) -> str:
-        seen.append((uri, scope, start_ms))
+    def authorize(uri: str, scope: str) -> str:
+        seen.append((uri, scope))
         return "T"
 
     playlist = (
@@ -170,20 +175,47 @@ def test_scopes_and_segment_start_times() -> None:
     )
     PlaylistRewriter(authorize).rewrite(playlist)
     assert seen == [
-        ("k.key", SCOPE_KEY, None),
-        ("init.mp4", SCOPE_KEY, None),
-        ("a.m4s", SCOPE_SEGMENT, 0),
-        ("b.m4s", SCOPE_SEGMENT, 4000),
-        ("c.0.m4s", SCOPE_SEGMENT, 7500),
-        ("c.1.m4s", SCOPE_SEGMENT, 8500),
-        ("c.2.m4s", SCOPE_SEGMENT, 9500),
+        ("k.key", SCOPE_KEY),
+        ("init.mp4", SCOPE_KEY),
+        ("a.m4s", "s0"),
+        ("b.m4s", "s4000"),
+        ("c.0.m4s", "s7500"),
+        ("c.1.m4s", "s8500"),
+        ("c.2.m4s", "s9500"),
     ]
     seen.clear()
     PlaylistRewriter(authorize).rewrite(
         b'#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="x",URI="a.m3u8"\n'
         b"#EXT-X-STREAM-INF:BANDWIDTH=1\nv.m3u8\n"
     )
-    assert seen == [("a.m3u8", SCOPE_PLAYLIST, None), ("v.m3u8", SCOPE_PLAYLIST, None)]
+    assert seen == [("a.m3u8", SCOPE_PLAYLIST), ("v.m3u8", SCOPE_PLAYLIST)]
+
+
+def test_byte_ranges_get_scopes_of_their_own() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def authorize(uri: str, scope: str) -> str:
+        seen.append((uri, scope))
+        return scope
+
+    playlist = (
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n"
+        b"#EXTINF:2,\n#EXT-X-BYTERANGE:100@0\nall.ts\n"
+        b"#EXTINF:2,\n#EXT-X-BYTERANGE:50\nall.ts\n"
+        b"#EXT-X-BYTERANGE:70@400\n#EXTINF:2,\nall.ts\n"
+        b"#EXTINF:2,\nwhole.ts\n#EXTINF:2,\nwhole.ts\n"
+        b'#EXT-X-PART:DURATION=1,URI="p.ts",BYTERANGE="10@5"\n'
+    )
+    output = PlaylistRewriter(authorize).rewrite(playlist)
+    assert seen == [
+        ("all.ts", "s0r0-100"),
+        ("all.ts", "s2000r100-50"),
+        ("all.ts", "s4000r400-70"),
+        ("whole.ts", "s6000"),
+        ("p.ts", "s10000r5-10"),
+    ]
+    # A whole segment repeated keeps the token of its first listing.
+    assert output.count(b"whole.ts?sg=s6000\n") == 2
 
 
 @pytest.mark.parametrize(
@@ -206,6 +238,7 @@ def test_size_limits_bound_the_buffer() -> None:
     with pytest.raises(PlaylistTooLarge):
         rewriter.feed(b"#" * 101)
     rewriter = PlaylistRewriter(lambda *_: "T", max_size=1000, max_line=100)
+    rewriter.feed(b"#EXTM3U\n")
     with pytest.raises(PlaylistTooLarge):
         for _ in range(20):
             rewriter.feed(b"#EXTINF:2,\na.ts\n" * 5)
@@ -220,3 +253,97 @@ def test_malformed_input_passes_through() -> None:
     assert output == source.replace(b"x.ts\n", b"x.ts?sg=T\n").replace(
         b"\xff\xfe\n", b"\xff\xfe?sg=T\n"
     )
+
+
+# Generated playlists: any mix of URI-bearing and other lines, any endings.
+
+_uri = st.one_of(
+    st.sampled_from(
+        ["a.ts", "../k.key", "/root/x.m4s", "v/i.m3u8?x=1", "s.ts?x=1&", "f.ts#t=2",
+         "https://media.example.com/a.ts", "https://cdn.other.example/b.ts",
+         "skd://asset", "data:text/plain;base64,QQ==", "t\u3000a.ts", "%20a.ts"]
+    ),
+    st.from_regex(r"[A-Za-z0-9_./~-]{1,12}(\?[A-Za-z0-9=&%+]{0,8})?", fullmatch=True),
+)  # fmt: skip
+_ending = st.sampled_from(["\n", "\r\n"])
+
+
+@st.composite
+def _line(draw: st.DrawFn) -> str:
+    uri = draw(_uri)
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return f"#EXTINF:{draw(st.floats(0, 10, allow_nan=False)):.3f},"
+    if kind == 1:
+        return uri if not uri.startswith("#") else "x" + uri
+    if kind == 2:
+        return f'#EXT-X-KEY:METHOD=AES-128,URI="{uri}",IV=0x01'
+    if kind == 3:
+        return f'#EXT-X-MAP:URI="{uri}"'
+    if kind == 4:
+        return f'#EXT-X-PART:DURATION=1.0,URI="{uri}"'
+    if kind == 5:
+        return f"#EXT-X-STREAM-INF:BANDWIDTH=1\n{uri}"
+    if kind == 6:
+        return f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="n",URI="{uri}"'
+    if kind == 7:
+        return draw(st.sampled_from(["", "   ", "# comment " + uri, "#EXT-X-ENDLIST"]))
+    if kind == 8:
+        return f'#EXT-X-DEFINE:NAME="v",VALUE="{uri}"'
+    return f'#EXT-X-DATERANGE:ID="i",CLASS="other",X-ASSET-URI="{uri}"'
+
+
+@st.composite
+def _playlist(draw: st.DrawFn) -> bytes:
+    lines = draw(st.lists(_line(), max_size=25))
+    text = "#EXTM3U"
+    for line in lines:
+        text += draw(_ending) + line
+    if draw(st.booleans()):
+        text += draw(_ending)
+    return text.encode()
+
+
+def _gated_authorizer(uri: str, scope: str) -> str | None:
+    url = "https://media.example.com/c/p.m3u8"
+    return "T" if resolve_uri(uri, url, frozenset({"media.example.com"})) else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(playlist=_playlist(), cuts=st.lists(st.integers(0, 4000), max_size=8))
+def test_generated_playlists_only_gain_tokens(playlist: bytes, cuts: list[int]) -> None:
+    whole = PlaylistRewriter(_gated_authorizer).rewrite(playlist)
+    matcher = difflib.SequenceMatcher(None, playlist, whole, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            assert tag == "insert", (tag, playlist[i1:i2], whole[j1:j2])
+            assert re.fullmatch(rb"[?&]?sg=T", whole[j1:j2]), whole[j1:j2]
+
+    rewriter = PlaylistRewriter(_gated_authorizer)
+    bounds = sorted({cut % (len(playlist) + 1) for cut in cuts})
+    pieces, previous = [], 0
+    for bound in [*bounds, len(playlist)]:
+        pieces.append(rewriter.feed(playlist[previous:bound]))
+        previous = bound
+    pieces.append(rewriter.close())
+    assert b"".join(pieces) == whole
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (b"\xef\xbb\xbf#EXTM3U\na.ts\n", b"#EXTM3U\na.ts?sg=T\n"),
+        (b"#EXTM3U\r\na.ts", b"#EXTM3U\r\na.ts?sg=T"),
+        (b"#EXTM3U", b"#EXTM3U"),
+    ],
+)
+def test_header_rule_accepts(source: bytes, expected: bytes) -> None:
+    assert PlaylistRewriter(lambda *_: "T").rewrite(source) == expected
+
+
+@pytest.mark.parametrize(
+    "source", [b"", b"a.ts\n#EXTM3U\n", b" #EXTM3U\n", b"#EXTM3Ux\n", b"<html>\n"]
+)
+def test_header_rule_rejects(source: bytes) -> None:
+    with pytest.raises(InvalidPlaylist):
+        PlaylistRewriter(lambda *_: "T").rewrite(source)
