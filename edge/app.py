@@ -22,6 +22,7 @@ from edge.entitlements import EntitlementCache
 from edge.events import EventFollower, InvalidEventBatch
 from edge.gate import Access, Credentials, Gate
 from edge.keyset import KeySet
+from edge.origin_link import OriginLink, OriginUnavailable
 from edge.paths import (
     PATH_TOKEN_SCOPE_KEY,
     PathTokenMiddleware,
@@ -30,6 +31,7 @@ from edge.paths import (
     resolve_uri,
     split_media_path,
 )
+from edge.policies import ContentUnavailable, PolicyCache
 from edge.rewriter import InvalidPlaylist, PlaylistRewriter, PlaylistTooLarge
 from edge.settings import EdgeSettings
 from edge.upstream import FileUpstream, HttpUpstream, Upstream, is_playlist
@@ -50,16 +52,31 @@ class Edge:
 
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
-        self.origin = httpx.AsyncClient(
-            base_url=settings.origin_url, timeout=settings.origin_timeout
+        self.link = OriginLink(
+            settings.origin_url,
+            timeout=settings.origin_timeout,
+            stale_after=settings.stale_after,
+            grace_period=settings.grace_period,
         )
         self.keys = KeySet(self._fetch_jwks, settings.jwks_refresh_interval)
+        self.policies = PolicyCache(
+            self._fetch_policy,
+            ttl=settings.policy_ttl,
+            stale_ttl=settings.policy_stale_ttl,
+            negative_ttl=settings.policy_negative_ttl,
+        )
         self.signer = UriSigner(settings.uri_secrets)
         assert settings.entitlement_ttl is not None  # set by EdgeSettings
         self.entitlements = EntitlementCache(
             settings.entitlement_ttl, settings.entitlement_capacity
         )
-        self.events = EventFollower(self.entitlements, self.keys, self._fetch_feed)
+        self.events = EventFollower(
+            self.entitlements,
+            self.keys,
+            self._fetch_feed,
+            policies=self.policies,
+            on_contact=self.link.mark_contact,
+        )
         self.gate = Gate(
             self.keys,
             self.signer,
@@ -68,6 +85,8 @@ class Edge:
             max_token_bytes=settings.max_token_bytes,
             renewal_seconds=settings.renewal_seconds,
             max_token_lifetime=settings.max_token_lifetime,
+            policies=self.policies,
+            link=self.link,
         )
         self.upstream: Upstream
         if settings.upstream_url:
@@ -77,14 +96,21 @@ class Edge:
             self.upstream = FileUpstream(settings.media_root)
 
     async def _fetch_jwks(self) -> dict[str, Any]:
-        response = await self.origin.get("/.well-known/jwks.json")
+        response = await self.link.get("/.well-known/jwks.json")
         response.raise_for_status()
         return dict(response.json())
 
     async def _fetch_feed(self, after: int) -> str:
-        response = await self.origin.get("/v1/events", params={"after": after})
+        response = await self.link.get("/v1/events", after=after)
         response.raise_for_status()
         return response.text
+
+    async def _fetch_policy(self, content_id: str) -> dict[str, Any]:
+        response = await self.link.get(f"/v1/catalog/{content_id}")
+        if response.status_code in (404, 410):
+            raise ContentUnavailable(content_id)
+        response.raise_for_status()
+        return dict(response.json())
 
     async def sync(self) -> bool:
         """Load keys and read the event feed; return whether both worked."""
@@ -92,7 +118,7 @@ class Edge:
             if not len(self.keys):
                 await self.keys.refresh()
             await self.events.catch_up()
-        except (httpx.HTTPError, InvalidEventBatch) as exc:
+        except (httpx.HTTPError, OriginUnavailable, InvalidEventBatch) as exc:
             logger.warning("syncing with the origin failed: %s", exc)
             return False
         return True
@@ -109,7 +135,7 @@ class Edge:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
-        await self.origin.aclose()
+        await self.link.aclose()
 
 
 def _playlist_authorizer(request: Request, edge: Edge, access: Access, content_id: str):
@@ -194,12 +220,21 @@ async def media(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     edge: Edge = request.app.state.edge
+    link = edge.link
+    silence = link.silence()
     return JSONResponse(
         {
-            "status": "ok",
+            "status": "degraded" if link.degraded else "ok",
             "keys": len(edge.keys),
             "entitlements": len(edge.entitlements),
+            "policies": len(edge.policies),
             "last_event_seq": edge.events.last_seq,
+            "origin": {
+                "circuit": link.breaker.state,
+                "silent_seconds": None if silence == float("inf") else silence,
+                "within_grace": link.within_grace(),
+                "degraded_decisions": dict(link.degraded_decisions),
+            },
         },
         headers={"Cache-Control": "no-store"},
     )
@@ -216,7 +251,7 @@ async def receive_events(request: Request) -> Response:
         changed = await edge.events.receive(body.decode("ascii"))
     except (InvalidEventBatch, UnicodeDecodeError) as exc:
         raise Problem(problems.FORBIDDEN, f"event batch rejected: {exc}") from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, OriginUnavailable) as exc:
         raise Problem(
             problems.UPSTREAM_UNAVAILABLE, f"catching up from the origin failed: {exc}"
         ) from None

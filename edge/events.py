@@ -1,22 +1,37 @@
-"""Entitlement events: pushed by the origin, caught up from its feed.
+"""Origin events: pushed by the origin, caught up from its feed.
 
-Every batch is a JWT signed by the origin. Events carry consecutive sequence
-numbers; the follower applies them in order and, on a gap or at start-up,
-reads the missing ones from the origin's feed, so a lost push never becomes
-a lost revocation.
+Every batch is a JWT signed by the origin, valid for a few minutes, so a
+batch recorded and replayed later is rejected. Events carry consecutive
+sequence numbers; the follower applies them in order and, on a gap or at
+start-up, reads the missing ones from the origin's feed, so a lost push
+never becomes a lost revocation. An event id seen before is skipped, so a
+duplicate changes nothing even if sequence numbers were reset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import jwt
+from cachetools import LRUCache
 
 from edge.entitlements import EntitlementCache
 from edge.keyset import KeySet
-from shared.events import EVENTS_AUDIENCE, EventBatch, event_batch_from_claims
+from edge.policies import PolicyCache
+from shared.events import (
+    CONTENT_WITHDRAWN,
+    ENTITLEMENT_TYPES,
+    EVENTS_AUDIENCE,
+    KEY_REVOKED,
+    KEY_ROTATED,
+    POLICY_CHANGED,
+    EntitlementEvent,
+    EventBatch,
+    event_batch_from_claims,
+)
 from shared.tokens import ISSUER
 
 logger = logging.getLogger("segmentgate.edge.events")
@@ -33,13 +48,24 @@ class EventFollower:
     """Apply entitlement events in sequence order, filling gaps from the feed."""
 
     def __init__(
-        self, cache: EntitlementCache, keys: KeySet, fetch_feed: FetchFeed
+        self,
+        cache: EntitlementCache,
+        keys: KeySet,
+        fetch_feed: FetchFeed,
+        policies: PolicyCache | None = None,
+        on_contact: Callable[[], None] | None = None,
     ) -> None:
         self._cache = cache
         self._keys = keys
         self._fetch_feed = fetch_feed
+        self._policies = policies
+        self._on_contact = on_contact or (lambda: None)
         self._lock = asyncio.Lock()
+        self._seen: LRUCache[str, bool] = LRUCache(maxsize=100_000)
+        self._background: set[asyncio.Task[None]] = set()
         self.last_seq: int | None = None
+        # Seconds from an event's commit at the origin to its application here.
+        self.lags: list[float] = []
 
     async def verify(self, token: str) -> EventBatch:
         """Check a batch's signature and shape; raise :class:`InvalidEventBatch`."""
@@ -54,6 +80,8 @@ class EventFollower:
                 algorithms=[key.algorithm_name],
                 audience=EVENTS_AUDIENCE,
                 issuer=ISSUER,
+                leeway=5,
+                options={"require": ["iat", "exp", "iss", "aud"]},
             )
             return event_batch_from_claims(claims)
         except (jwt.PyJWTError, ValueError) as exc:
@@ -65,12 +93,16 @@ class EventFollower:
         """Apply a pushed batch; return how many events changed the cache."""
         batch = await self.verify(token)
         async with self._lock:
-            return await self._apply(batch)
+            changed = await self._apply(batch)
+        self._on_contact()
+        return changed
 
     async def catch_up(self) -> int:
         """Read every event after the last applied one from the origin's feed."""
         async with self._lock:
-            return await self._catch_up()
+            changed = await self._catch_up()
+        self._on_contact()
+        return changed
 
     async def _apply(self, batch: EventBatch) -> int:
         changed = 0
@@ -88,7 +120,7 @@ class EventFollower:
                 )
                 changed += await self._catch_up()
                 continue
-            changed += self._cache.apply(event)
+            changed += self._apply_event(event)
             self.last_seq = event.seq
         return changed
 
@@ -98,10 +130,42 @@ class EventFollower:
         while True:
             batch = await self.verify(await self._fetch_feed(after))
             for event in batch.events:
-                changed += self._cache.apply(event)
+                if event.seq > after:
+                    changed += self._apply_event(event)
             if batch.events:
                 after = max(after, batch.events[-1].seq)
             if not batch.events or after >= batch.last_seq:
                 break
         self.last_seq = max(after, batch.last_seq)
         return changed
+
+    def _apply_event(self, event: EntitlementEvent) -> int:
+        """Apply one event unless its id was seen; return 1 if it changed state."""
+        if event.id in self._seen:
+            return 0
+        self._seen[event.id] = True
+        self.lags.append(time.time() - event.occurred_at)
+        del self.lags[:-10_000]
+        if event.type in ENTITLEMENT_TYPES:
+            return int(self._cache.apply(event))
+        if self._policies is not None and event.type == POLICY_CHANGED:
+            self._policies.invalidate(event.content_id)
+        elif self._policies is not None and event.type == CONTENT_WITHDRAWN:
+            self._policies.withdraw(event.content_id)
+        elif event.type == KEY_REVOKED:
+            self._keys.remove(event.kid)
+            self._refresh_keys()
+        elif event.type == KEY_ROTATED:
+            self._refresh_keys()
+        return 1
+
+    def _refresh_keys(self) -> None:
+        async def refresh() -> None:
+            try:
+                await self._keys.refresh(force=True)
+            except Exception as exc:  # noqa: BLE001 - the next event or poll retries
+                logger.warning("refreshing keys after a key event failed: %s", exc)
+
+        task = asyncio.create_task(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import jwt
 
 from edge.entitlements import EntitlementCache
-from edge.keyset import KeySet
+from edge.keyset import KeySet, KeysUnavailable
+from edge.origin_link import OriginLink
+from edge.policies import Policy, PolicyCache
 from edge.upstream import is_playlist
 from edge.uri_tokens import (
     SCOPE_PLAYLIST,
@@ -33,6 +35,8 @@ from edge.uri_tokens import (
     UriSigner,
 )
 from shared.problems import (
+    CONTENT_WITHDRAWN,
+    ORIGIN_UNREACHABLE,
     PREVIEW_ENDED,
     TOKEN_EXPIRED,
     TOKEN_INVALID,
@@ -76,6 +80,11 @@ class Gate:
     the viewer stays entitled, so a long film or a paused one plays on; a
     revocation ends it at once. ``max_token_lifetime`` rejects playback
     tokens issued for longer than the edge's entitlement records last.
+
+    With ``policies`` the content's current policy (withdrawn, free, preview
+    length, offline mode) overrides what the token recorded. With ``link``
+    an entitled viewer is served while the origin is silent only within the
+    grace period, or after it for content whose offline mode is ``open``.
     """
 
     def __init__(
@@ -84,6 +93,8 @@ class Gate:
         signer: UriSigner,
         entitlements: EntitlementCache,
         *,
+        policies: PolicyCache | None = None,
+        link: OriginLink | None = None,
         leeway_seconds: int = 5,
         max_token_bytes: int = 4096,
         renewal_seconds: float = 0.0,
@@ -92,6 +103,8 @@ class Gate:
         self._keys = keys
         self._signer = signer
         self._entitlements = entitlements
+        self._policies = policies
+        self._link = link
         self._leeway = leeway_seconds
         self._max_token_bytes = max_token_bytes
         self._renewal = renewal_seconds
@@ -103,10 +116,15 @@ class Gate:
         """Decide a request for ``path`` (decoded, absolute) of ``content_id``."""
         if len(credentials.query) > 1:
             raise Problem(TOKEN_INVALID, f"more than one '{TOKEN_PARAM}' parameter")
+        policy = await self._policies.get(content_id) if self._policies else None
+        if policy is not None and policy.withdrawn:
+            raise Problem(CONTENT_WITHDRAWN, f"'{content_id}' is no longer available")
         token = credentials.query[0] if credentials.query else None
         if token is not None and token.count(".") == 3:
             self._check_shape(token)
-            claims, scope = self._verify_uri_token(token, path, credentials.range)
+            claims, scope = self._verify_uri_token(
+                token, path, credentials.range, policy
+            )
         else:
             session_token = token or credentials.bearer or credentials.path
             if session_token is None:
@@ -116,7 +134,7 @@ class Gate:
                 )
             self._check_shape(session_token)
             claims = await self._verify_playback_token(session_token)
-            scope = self._session_scope(claims, path)
+            scope = self._session_scope(claims, path, policy)
         if claims.content_id != content_id:
             raise Problem(WRONG_CONTENT, f"token is not valid for '{content_id}'")
         return Access(claims, scope, self._signer.session_part(claims))
@@ -127,15 +145,49 @@ class Gate:
         if not _TOKEN_ALPHABET.fullmatch(token):
             raise Problem(TOKEN_INVALID, "token contains characters outside base64url")
 
-    def _session_scope(self, claims: PlaybackClaims, path: str) -> str:
+    def _session_scope(
+        self, claims: PlaybackClaims, path: str, policy: Policy | None
+    ) -> str:
         if is_playlist(path):
             return SCOPE_PLAYLIST
-        if self._entitlements.is_entitled(claims):
+        if self._entitled(claims, policy, strict=True):
             return SCOPE_SESSION
         raise Problem(
             PREVIEW_ENDED,
             "a playback token opens segments and keys only for an entitled "
             "viewer; preview sessions use the URIs of the served playlist",
+        )
+
+    def _entitled(
+        self, claims: PlaybackClaims, policy: Policy | None, *, strict: bool
+    ) -> bool:
+        """Decide whether the viewer may watch in full, right now.
+
+        With ``strict``, an entitlement that cannot be trusted because the
+        origin has been silent past the grace period raises 503 for content
+        that fails closed; otherwise it counts as not entitled.
+        """
+        if policy is not None and policy.free:
+            return True
+        if not self._entitlements.is_entitled(claims):
+            return False
+        link = self._link
+        if link is None or not link.degraded:
+            return True
+        if link.within_grace():
+            link.count_degraded("grace")
+            return True
+        offline = policy.offline if policy is not None else "closed"
+        if offline == "open":
+            link.count_degraded("open")
+            return True
+        link.count_degraded("closed")
+        if not strict:
+            return False
+        raise Problem(
+            ORIGIN_UNREACHABLE,
+            "the edge cannot confirm entitlements with the origin; retry later",
+            headers={"Retry-After": "30"},
         )
 
     async def _verify_playback_token(self, token: str) -> PlaybackClaims:
@@ -144,7 +196,14 @@ class Gate:
         except jwt.PyJWTError:
             raise Problem(TOKEN_INVALID, "playback token is malformed") from None
         # The kid is only ever a dictionary key here, never a path or URL.
-        key = await self._keys.get(kid) if isinstance(kid, str) and kid else None
+        try:
+            key = await self._keys.get(kid) if isinstance(kid, str) and kid else None
+        except KeysUnavailable:
+            raise Problem(
+                ORIGIN_UNREACHABLE,
+                "the signing key is unknown and the origin cannot be reached",
+                headers={"Retry-After": "30"},
+            ) from None
         if key is None:
             raise Problem(TOKEN_INVALID, "playback token is signed by an unknown key")
         try:
@@ -170,45 +229,53 @@ class Gate:
         return claims
 
     def _verify_uri_token(
-        self, token: str, path: str, range_header: str | None
+        self, token: str, path: str, range_header: str | None, policy: Policy | None
     ) -> tuple[PlaybackClaims, str]:
         try:
             grant = self._signer.verify(token, path)
         except InvalidUriToken as exc:
             raise Problem(TOKEN_INVALID, str(exc)) from None
-        self._check_session_expiry(grant.claims)
+        self._check_session_expiry(grant.claims, policy)
         if grant.scope == SCOPE_SEGMENT:
-            self._check_segment(grant, range_header)
+            self._check_segment(grant, range_header, policy)
         return grant.claims, grant.scope
 
-    def _check_session_expiry(self, claims: PlaybackClaims) -> None:
+    def _check_session_expiry(
+        self, claims: PlaybackClaims, policy: Policy | None
+    ) -> None:
         overdue = time.time() - (claims.expires_at + self._leeway)
         if overdue <= 0:
             return
-        if overdue <= self._renewal and self._entitlements.is_entitled(claims):
+        if overdue <= self._renewal and self._entitled(claims, policy, strict=False):
             return
         raise Problem(TOKEN_EXPIRED, "the playback session has expired")
 
-    def _check_segment(self, grant: UriGrant, range_header: str | None) -> None:
+    def _check_segment(
+        self, grant: UriGrant, range_header: str | None, policy: Policy | None
+    ) -> None:
         claims = grant.claims
-        if self._entitlements.is_entitled(claims):
-            return
-        if (
-            grant.start_ms is not None
-            and grant.start_ms < claims.preview_seconds * 1000
-        ):
-            if grant.byte_range is None or _range_within(
-                range_header, grant.byte_range
-            ):
+        preview_seconds = (
+            policy.preview_seconds if policy is not None else claims.preview_seconds
+        )
+        start_ms = grant.start_ms
+        if start_ms is not None and start_ms < preview_seconds * 1000:
+            # A preview segment needs no entitlement, so the origin's state
+            # does not matter, unless it is a byte range read past its end.
+            byte_range = grant.byte_range
+            if byte_range is None or _range_within(range_header, byte_range):
+                return
+            if self._entitled(claims, policy, strict=False):
                 return
             raise Problem(
                 PREVIEW_ENDED,
                 "a preview reads only the byte range its playlist lists for this "
                 "segment; send a Range header inside it",
             )
+        if self._entitled(claims, policy, strict=True):
+            return
         raise Problem(
             PREVIEW_ENDED,
-            f"the preview covers the first {claims.preview_seconds:g} seconds; "
+            f"the preview covers the first {preview_seconds:g} seconds; "
             "buy the content to keep watching",
         )
 

@@ -22,6 +22,10 @@ logger = logging.getLogger("segmentgate.edge.keys")
 FetchKeySet = Callable[[], Awaitable[dict[str, Any]]]
 
 
+class KeysUnavailable(Exception):
+    """Raised when a key is unknown and the origin cannot be asked for it."""
+
+
 class KeySet:
     """Public verification keys by ``kid``, refreshed from the origin."""
 
@@ -49,9 +53,9 @@ class KeySet:
                 logger.warning("skipping invalid JWK %s: %s", kid, exc)
         self._keys = keys
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, force: bool = False) -> None:
         """Fetch the key set now, unless another request is already doing so."""
-        started = time.monotonic()
+        started = time.monotonic() if not force else float("inf")
         async with self._lock:
             if self._last_refresh >= started:
                 return
@@ -67,6 +71,11 @@ class KeySet:
             return None
         try:
             await self.refresh()
-        except Exception as exc:  # noqa: BLE001 - any fetch failure means "unknown"
+        except Exception as exc:
             logger.warning("refreshing the key set failed: %s", exc)
+            raise KeysUnavailable(str(exc)) from exc
         return self._keys.get(kid)
+
+    def remove(self, kid: str) -> None:
+        """Stop accepting ``kid`` at once, before the next refresh."""
+        self._keys.pop(kid, None)

@@ -49,6 +49,13 @@ class EdgeSettings:
     origin_timeout: float = 5.0
     sync_interval: float = 5.0
     renewal_seconds: float = SESSION_RENEWAL
+    # The origin counts as silent after stale_after seconds without a feed
+    # read or a push; entitled viewers keep playing for grace_period more.
+    stale_after: float = 15.0
+    grace_period: float = 900.0
+    policy_ttl: float = 60.0
+    policy_stale_ttl: float = 3600.0
+    policy_negative_ttl: float = 5.0
     max_token_lifetime: float = MAX_TOKEN_LIFETIME
 
     def __post_init__(self) -> None:
@@ -78,6 +85,7 @@ class EdgeSettings:
             media_root=Path(media_root) if media_root else None,
             upstream_url=env.get("SEGMENTGATE_EDGE_UPSTREAM_URL"),
             uri_secrets=decode_secrets(env.get("SEGMENTGATE_EDGE_URI_SECRETS", "")),
+            grace_period=float(env.get("SEGMENTGATE_EDGE_GRACE_SECONDS", "900")),
             extra_hosts=frozenset(
                 host.strip().lower()
                 for host in env.get("SEGMENTGATE_EDGE_EXTRA_HOSTS", "").split(",")

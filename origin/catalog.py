@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from origin.auth import require_admin
+from origin.outbox import append_event
 from origin.state import Origin
 from origin.store import content
 from origin.validation import (
@@ -25,11 +26,15 @@ from origin.validation import (
 )
 from shared import problems
 from shared.content import CONTENT_ID
+from shared.events import CONTENT_WITHDRAWN, POLICY_CHANGED
 from shared.problems import Problem
 
 # The entry playlist is a path inside the content item's directory.
 ENTRY_PATTERN = re.compile(r"[A-Za-z0-9._/-]{1,256}\.m3u8")
 POLICY_KINDS = ("free", "purchase")
+# A withdrawn item stays in the store for its purchases but is never served.
+WITHDRAWN = "withdrawn"
+OFFLINE_MODES = ("open", "closed")
 
 
 def policy_of(row: Row[Any]) -> dict[str, Any]:
@@ -37,6 +42,7 @@ def policy_of(row: Row[Any]) -> dict[str, Any]:
     if row.policy_kind == "purchase":
         policy["price"] = {"amount": row.price_amount, "currency": row.price_currency}
         policy["preview_seconds"] = row.preview_seconds
+    policy["offline"] = row.offline
     return policy
 
 
@@ -58,12 +64,18 @@ def _read_policy(data: dict[str, Any]) -> dict[str, Any]:
         raise invalid(
             f"'policy.kind' must be one of {', '.join(POLICY_KINDS)}", "policy.kind"
         )
+    # Free content keeps playing when edges lose the origin; paid content
+    # stops once their grace period ends, unless the policy says otherwise.
+    offline = policy.get("offline", "open" if kind == "free" else "closed")
+    if offline not in OFFLINE_MODES:
+        raise invalid("'policy.offline' must be 'open' or 'closed'", "policy.offline")
     if kind == "free":
         return {
             "policy_kind": "free",
             "price_amount": None,
             "price_currency": None,
             "preview_seconds": 0.0,
+            "offline": offline,
         }
     amount, currency = price_field(policy, "price")
     preview = number_field(
@@ -74,6 +86,7 @@ def _read_policy(data: dict[str, Any]) -> dict[str, Any]:
         "price_amount": str(amount),
         "price_currency": currency,
         "preview_seconds": preview,
+        "offline": offline,
     }
 
 
@@ -111,19 +124,53 @@ async def put_content(request: Request) -> Response:
                 select(content).where(content.c.content_id == content_id)
             )
         ).one()
+        await append_event(connection, POLICY_CHANGED, "", content_id, 0)
+    origin.relay.notify()
     return JSONResponse(_item(row), status_code=201 if created else 200)
+
+
+async def withdraw_content(request: Request) -> Response:
+    """Stop serving a content item everywhere; its purchases stay on record."""
+    origin: Origin = request.app.state.origin
+    require_admin(request, origin.settings.admin_token)
+    content_id = request.path_params["content_id"]
+    async with origin.engine.begin() as connection:
+        updated = await connection.execute(
+            content.update()
+            .where(content.c.content_id == content_id)
+            .values(policy_kind=WITHDRAWN, updated_at=time.time())
+        )
+        if updated.rowcount == 0:
+            raise Problem(
+                problems.NOT_FOUND, f"no content '{content_id}' in the catalog"
+            )
+        await append_event(connection, CONTENT_WITHDRAWN, "", content_id, 0)
+    origin.relay.notify()
+    return Response(status_code=204)
 
 
 async def get_catalog(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     async with origin.engine.connect() as connection:
         rows = (
-            await connection.execute(select(content).order_by(content.c.content_id))
+            await connection.execute(
+                select(content)
+                .where(content.c.policy_kind != WITHDRAWN)
+                .order_by(content.c.content_id)
+            )
         ).all()
     return JSONResponse({"items": [_item(row) for row in rows]})
 
 
+async def get_item(request: Request) -> Response:
+    origin: Origin = request.app.state.origin
+    row = await load_content(origin, request.path_params["content_id"])
+    # Edges cache this answer; a short max-age bounds what a shared cache keeps.
+    return JSONResponse(_item(row), headers={"Cache-Control": "max-age=5"})
+
+
 async def load_content(origin: Origin, content_id: str) -> Row[Any]:
+    """Return a catalog row; raise 404, or 410 for withdrawn content."""
     async with origin.engine.connect() as connection:
         row = (
             await connection.execute(
@@ -132,10 +179,14 @@ async def load_content(origin: Origin, content_id: str) -> Row[Any]:
         ).first()
     if row is None:
         raise Problem(problems.NOT_FOUND, f"no content '{content_id}' in the catalog")
+    if row.policy_kind == WITHDRAWN:
+        raise Problem(problems.CONTENT_WITHDRAWN, f"'{content_id}' was withdrawn")
     return row
 
 
 routes = [
     Route("/v1/admin/content/{content_id}", put_content, methods=["PUT"]),
+    Route("/v1/admin/content/{content_id}", withdraw_content, methods=["DELETE"]),
     Route("/v1/catalog", get_catalog, methods=["GET"]),
+    Route("/v1/catalog/{content_id}", get_item, methods=["GET"]),
 ]

@@ -39,6 +39,8 @@ async def append_event(
     viewer_ref: str,
     content_id: str,
     version: int,
+    *,
+    kid: str = "",
 ) -> None:
     """Insert an event inside the caller's transaction."""
     await connection.execute(
@@ -49,6 +51,7 @@ async def append_event(
                 "viewer_ref": viewer_ref,
                 "content_id": content_id,
                 "version": version,
+                "kid": kid,
             },
             created_at=time.time(),
         )
@@ -82,6 +85,7 @@ async def read_events(
             content_id=row.payload["content_id"],
             version=row.payload["version"],
             occurred_at=row.created_at,
+            kid=row.payload.get("kid", ""),
         )
         for row in rows
     ]

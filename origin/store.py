@@ -34,6 +34,9 @@ content = Table(
     Column("price_amount", String(32)),
     Column("price_currency", String(3)),
     Column("preview_seconds", Float, nullable=False, default=0.0),
+    # What edges do when they cannot confirm entitlements with the origin
+    # past their grace period: "open" keeps serving, "closed" stops.
+    Column("offline", String(8), nullable=False, default="closed"),
     Column("updated_at", Float, nullable=False),
 )
 

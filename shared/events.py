@@ -4,6 +4,13 @@ Events travel in batches signed as a JWT by the origin's current key, so an
 edge trusts a batch exactly as far as it trusts playback tokens, with no
 shared secret. Each event has a sequence number from the origin's outbox: an
 edge that sees a gap fetches the missing events from the origin's feed.
+
+Event types and the fields they use:
+
+* ``entitlement.granted`` and ``entitlement.revoked``: ``viewer_ref``,
+  ``content_id`` and the entitlement's ``version``;
+* ``policy.changed`` and ``content.withdrawn``: ``content_id``;
+* ``key.rotated`` and ``key.revoked``: ``kid``, the key concerned.
 """
 
 from __future__ import annotations
@@ -22,15 +29,23 @@ EVENTS_MEDIA_TYPE = "application/jwt"
 
 ENTITLEMENT_GRANTED = "entitlement.granted"
 ENTITLEMENT_REVOKED = "entitlement.revoked"
-EVENT_TYPES = (ENTITLEMENT_GRANTED, ENTITLEMENT_REVOKED)
+POLICY_CHANGED = "policy.changed"
+CONTENT_WITHDRAWN = "content.withdrawn"
+KEY_ROTATED = "key.rotated"
+KEY_REVOKED = "key.revoked"
+ENTITLEMENT_TYPES = (ENTITLEMENT_GRANTED, ENTITLEMENT_REVOKED)
+CONTENT_TYPES = (POLICY_CHANGED, CONTENT_WITHDRAWN)
+KEY_TYPES = (KEY_ROTATED, KEY_REVOKED)
+EVENT_TYPES = ENTITLEMENT_TYPES + CONTENT_TYPES + KEY_TYPES
 
 
 @dataclass(frozen=True)
 class EntitlementEvent:
-    """A change of one viewer's entitlement to one content item.
+    """A change that edges must apply: an entitlement, a policy or a key.
 
-    ``version`` grows with every change of that entitlement; an edge applies
-    an event only when its version is newer than what it holds.
+    ``version`` grows with every change of one entitlement; an edge applies
+    an entitlement event only when its version is newer than what it holds.
+    Fields that an event type does not use are empty.
     """
 
     seq: int
@@ -40,6 +55,7 @@ class EntitlementEvent:
     content_id: str
     version: int
     occurred_at: float
+    kid: str = ""
 
     @property
     def granted(self) -> bool:
@@ -57,6 +73,7 @@ class EntitlementEvent:
                 content_id=str(data["content_id"]),
                 version=int(data["version"]),
                 occurred_at=float(data["occurred_at"]),
+                kid=str(data.get("kid", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"event is malformed: {exc}") from None

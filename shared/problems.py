@@ -44,6 +44,10 @@ FORBIDDEN = ProblemType("forbidden", 403, "Not allowed")
 TOKEN_INVALID = ProblemType("token-invalid", 403, "Playback token is invalid")
 WRONG_CONTENT = ProblemType("wrong-content", 403, "Playback token is for other content")
 NOT_FOUND = ProblemType("not-found", 404, "Not found")
+CONTENT_WITHDRAWN = ProblemType("content-withdrawn", 410, "Content was withdrawn")
+ORIGIN_UNREACHABLE = ProblemType(
+    "origin-unreachable", 503, "Entitlements cannot be confirmed with the origin"
+)
 METHOD_NOT_ALLOWED = ProblemType("method-not-allowed", 405, "Method not allowed")
 CONFLICT = ProblemType("conflict", 409, "Conflict with the current state")
 IDEMPOTENCY_KEY_IN_USE = ProblemType(

@@ -25,6 +25,7 @@ def test_catalog_lists_the_seeded_content(origin: httpx.Client) -> None:
         "kind": "purchase",
         "price": {"amount": "4.99", "currency": "EUR"},
         "preview_seconds": 10,
+        "offline": "closed",
     }
     assert items["trailer"]["policy"]["kind"] == "free"
     assert set(items["sample"]) >= {"content_id", "title", "policy"}

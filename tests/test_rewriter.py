@@ -306,7 +306,8 @@ def _playlist(draw: st.DrawFn) -> bytes:
 
 def _gated_authorizer(uri: str, scope: str) -> str | None:
     url = "https://media.example.com/c/p.m3u8"
-    return "T" if resolve_uri(uri, url, frozenset({"media.example.com"})) else None
+    gated = frozenset({"media.example.com"})
+    return "QQTOKENQQ" if resolve_uri(uri, url, gated) else None
 
 
 @settings(max_examples=200, deadline=None)
@@ -317,7 +318,7 @@ def test_generated_playlists_only_gain_tokens(playlist: bytes, cuts: list[int]) 
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag != "equal":
             assert tag == "insert", (tag, playlist[i1:i2], whole[j1:j2])
-            assert re.fullmatch(rb"[?&]?sg=T", whole[j1:j2]), whole[j1:j2]
+            assert re.fullmatch(rb"[?&]?sg=QQTOKENQQ", whole[j1:j2]), whole[j1:j2]
 
     rewriter = PlaylistRewriter(_gated_authorizer)
     bounds = sorted({cut % (len(playlist) + 1) for cut in cuts})
