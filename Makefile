@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# hls.js for the browser tests, pinned by package-lock.json there.
+HLS_JS_DIR := tests/browser
 
 .PHONY: demo test lint tools media clean
 
@@ -14,15 +16,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# System tools the tests drive as real clients. apt-get needs root; without
-# it the tests that need a missing tool are skipped and say which tool.
-tools:
+# System tools the tests drive as real clients: ffmpeg, Chromium and hls.js.
+# apt-get needs root and hls.js needs npm; without them the tests that need a
+# missing tool are skipped and say which tool.
+tools: $(HLS_JS_DIR)/node_modules/.package-lock.json
 	@if ! command -v ffmpeg >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y --no-install-recommends ffmpeg >/dev/null || \
 	      { apt-get update >/dev/null && apt-get install -y --no-install-recommends ffmpeg >/dev/null; }; \
 	  else echo "ffmpeg is missing and cannot be installed here: media tests will be skipped"; fi; \
 	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends chromium >/dev/null || \
+	      { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }; \
+	  else echo "Chromium is missing and cannot be installed here: browser tests will be skipped"; fi; \
+	fi
+
+# npm ci writes node_modules/.package-lock.json, so hls.js is installed again
+# when node_modules is missing or package-lock.json changed.
+$(HLS_JS_DIR)/node_modules/.package-lock.json: $(HLS_JS_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd $(HLS_JS_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm is missing, so hls.js cannot be installed: browser tests will be skipped"; fi
 
 demo: $(STAMP)
 	$(BIN)/segmentgate demo
