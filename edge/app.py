@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from edge.access_log import AccessLogMiddleware
 from edge.entitlements import EntitlementCache
 from edge.events import EventFollower, InvalidEventBatch
 from edge.gate import Access, Credentials, Gate
-from edge.keyset import KeySet
+from edge.keyset import KeySet, KeysUnavailable
 from edge.origin_link import OriginLink, OriginUnavailable
 from edge.paths import (
     PATH_TOKEN_SCOPE_KEY,
@@ -55,8 +56,11 @@ class Edge:
         self.link = OriginLink(
             settings.origin_url,
             timeout=settings.origin_timeout,
+            token=settings.origin_token,
             stale_after=settings.stale_after,
             grace_period=settings.grace_period,
+            failure_threshold=settings.origin_failure_threshold,
+            reset_timeout=settings.origin_reset_timeout,
         )
         self.keys = KeySet(self._fetch_jwks, settings.jwks_refresh_interval)
         self.policies = PolicyCache(
@@ -88,6 +92,8 @@ class Edge:
             policies=self.policies,
             link=self.link,
         )
+        self._sync_failures = 0
+        self._sync_failure_logged = -float("inf")
         self.upstream: Upstream
         if settings.upstream_url:
             self.upstream = HttpUpstream(settings.upstream_url)
@@ -118,9 +124,29 @@ class Edge:
             if not len(self.keys):
                 await self.keys.refresh()
             await self.events.catch_up()
-        except (httpx.HTTPError, OriginUnavailable, InvalidEventBatch) as exc:
-            logger.warning("syncing with the origin failed: %s", exc)
+        except (
+            httpx.HTTPError,
+            OriginUnavailable,
+            KeysUnavailable,
+            InvalidEventBatch,
+        ) as exc:
+            self._sync_failures += 1
+            now = time.monotonic()
+            if now - self._sync_failure_logged >= 60.0:
+                self._sync_failure_logged = now
+                logger.warning(
+                    "syncing with the origin failed (%d in a row): %s",
+                    self._sync_failures,
+                    exc,
+                )
             return False
+        if self._sync_failures:
+            logger.info(
+                "syncing with the origin works again after %d failures",
+                self._sync_failures,
+            )
+            self._sync_failures = 0
+            self._sync_failure_logged = -float("inf")
         return True
 
     async def sync_forever(self) -> None:
@@ -131,7 +157,11 @@ class Edge:
         """
         while True:
             await asyncio.sleep(self.settings.sync_interval)
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception:
+                # The poll is the safety net for lost pushes: it must not stop.
+                logger.exception("syncing with the origin raised")
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -179,11 +209,8 @@ async def _rewritten_playlist(
         logger.warning("upstream playlist /%s rejected: %s", path, exc)
         raise Problem(problems.UPSTREAM_INVALID, str(exc)) from None
     body = b"".join(pieces)
-    headers = {
-        # Each viewer's playlist carries its own tokens: never share it.
-        "Cache-Control": "private, no-store",
-        "Vary": "Origin",
-    }
+    # Each viewer's playlist carries its own tokens: never share it.
+    headers = {"Cache-Control": "private, no-store"}
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(body))
         return Response(b"", media_type=PLAYLIST_MEDIA_TYPE, headers=headers)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import jwt
@@ -64,8 +65,9 @@ class EventFollower:
         self._seen: LRUCache[str, bool] = LRUCache(maxsize=100_000)
         self._background: set[asyncio.Task[None]] = set()
         self.last_seq: int | None = None
-        # Seconds from an event's commit at the origin to its application here.
-        self.lags: list[float] = []
+        # (seq, occurred_at, applied_at) of recent events, both wall-clock
+        # times: how long changes take from the origin's commit to this edge.
+        self.applied: deque[tuple[int, float, float]] = deque(maxlen=10_000)
 
     async def verify(self, token: str) -> EventBatch:
         """Check a batch's signature and shape; raise :class:`InvalidEventBatch`."""
@@ -144,8 +146,7 @@ class EventFollower:
         if event.id in self._seen:
             return 0
         self._seen[event.id] = True
-        self.lags.append(time.time() - event.occurred_at)
-        del self.lags[:-10_000]
+        self.applied.append((event.seq, event.occurred_at, time.time()))
         if event.type in ENTITLEMENT_TYPES:
             return int(self._cache.apply(event))
         if self._policies is not None and event.type == POLICY_CHANGED:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jwt
 
@@ -46,8 +46,8 @@ from shared.problems import (
 )
 from shared.tokens import ISSUER, PLAYBACK_AUDIENCE, TOKEN_PARAM, PlaybackClaims
 
-# Both token formats use base64url and dots only; anything else is rejected
-# before any parsing, so no decoder sees percent-encodings or control bytes.
+# Both token formats use base64url and dots only. Anything else is rejected
+# before parsing, so no decoder receives percent-encodings or control bytes.
 _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_\-.]+")
 # The scope of a request opened by a playback token rather than a URI token.
 SCOPE_SESSION = "session"
@@ -116,7 +116,8 @@ class Gate:
         """Decide a request for ``path`` (decoded, absolute) of ``content_id``."""
         if len(credentials.query) > 1:
             raise Problem(TOKEN_INVALID, f"more than one '{TOKEN_PARAM}' parameter")
-        policy = await self._policies.get(content_id) if self._policies else None
+        policies = self._policies
+        policy = await policies.get(content_id) if policies is not None else None
         if policy is not None and policy.withdrawn:
             raise Problem(CONTENT_WITHDRAWN, f"'{content_id}' is no longer available")
         token = credentials.query[0] if credentials.query else None
@@ -195,6 +196,10 @@ class Gate:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
             raise Problem(TOKEN_INVALID, "playback token is malformed") from None
+        if isinstance(kid, str) and self._keys.is_revoked(kid):
+            raise Problem(
+                TOKEN_EXPIRED, "the key that signed this token was revoked; renew it"
+            )
         # The kid is only ever a dictionary key here, never a path or URL.
         try:
             key = await self._keys.get(kid) if isinstance(kid, str) and kid else None
@@ -205,6 +210,13 @@ class Gate:
                 headers={"Retry-After": "30"},
             ) from None
         if key is None:
+            if self._link is not None and self._link.degraded:
+                # The key may be new: the origin cannot be asked right now.
+                raise Problem(
+                    ORIGIN_UNREACHABLE,
+                    "the signing key is unknown and the origin cannot be reached",
+                    headers={"Retry-After": "30"},
+                )
             raise Problem(TOKEN_INVALID, "playback token is signed by an unknown key")
         try:
             payload = jwt.decode(
@@ -216,7 +228,7 @@ class Gate:
                 leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},
             )
-            claims = PlaybackClaims.from_jwt_claims(payload)
+            claims = replace(PlaybackClaims.from_jwt_claims(payload), key_id=kid)
         except jwt.ExpiredSignatureError:
             raise Problem(TOKEN_EXPIRED, "playback token has expired") from None
         except (jwt.PyJWTError, ValueError) as exc:
@@ -235,6 +247,11 @@ class Gate:
             grant = self._signer.verify(token, path)
         except InvalidUriToken as exc:
             raise Problem(TOKEN_INVALID, str(exc)) from None
+        if grant.claims.key_id and self._keys.is_revoked(grant.claims.key_id):
+            raise Problem(
+                TOKEN_EXPIRED,
+                "the key behind this playback session was revoked; start a new one",
+            )
         self._check_session_expiry(grant.claims, policy)
         if grant.scope == SCOPE_SEGMENT:
             self._check_segment(grant, range_header, policy)

@@ -1,4 +1,4 @@
-"""The origin's public keys, as an edge holds them.
+"""The origin's public keys, as an edge keeps them.
 
 Keys come from the origin's JWK set. A token with an unknown ``kid`` triggers
 at most one refetch per interval, shared by every request waiting for it, so
@@ -33,6 +33,7 @@ class KeySet:
         self._fetch = fetch
         self._refresh_interval = refresh_interval
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._revoked: set[str] = set()
         self._last_refresh = -float("inf")
         self._lock = asyncio.Lock()
 
@@ -44,6 +45,8 @@ class KeySet:
         keys: dict[str, jwt.PyJWK] = {}
         for entry in jwks.get("keys", []):
             kid, algorithm = entry.get("kid"), entry.get("alg")
+            if kid in self._revoked:
+                continue
             if not isinstance(kid, str) or algorithm not in ALLOWED_ALGORITHMS:
                 logger.warning("skipping JWK without kid or allowed alg: %r", kid)
                 continue
@@ -77,5 +80,9 @@ class KeySet:
         return self._keys.get(kid)
 
     def remove(self, kid: str) -> None:
-        """Stop accepting ``kid`` at once, before the next refresh."""
+        """Stop accepting ``kid`` at once, and every session it opened."""
         self._keys.pop(kid, None)
+        self._revoked.add(kid)
+
+    def is_revoked(self, kid: str) -> bool:
+        return kid in self._revoked

@@ -39,12 +39,16 @@ class OriginLink:
         base_url: str,
         *,
         timeout: float = 5.0,
+        token: str = "",
         stale_after: float = 15.0,
         grace_period: float = 900.0,
         failure_threshold: int = 3,
         reset_timeout: float = 5.0,
     ) -> None:
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.client = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, headers=headers
+        )
         self.breaker = CircuitBreaker(
             "origin",
             failure_threshold=failure_threshold,
@@ -54,6 +58,8 @@ class OriginLink:
         self.stale_after = stale_after
         self.grace_period = grace_period
         self.last_contact: float | None = None
+        # Requests attempted by path, including those the open circuit stopped.
+        self.requests: Counter[str] = Counter()
         # Decisions taken while degraded, by outcome: grace, open, closed.
         self.degraded_decisions: Counter[str] = Counter()
         self._last_report = 0.0
@@ -64,9 +70,10 @@ class OriginLink:
         async def request() -> httpx.Response:
             response = await self.client.get(path, params=params or None)
             if response.status_code >= 500:
-                raise _ServerError(f"origin answered {response.status_code}")
+                raise _ServerError(f"origin responded {response.status_code}")
             return response
 
+        self.requests[path] += 1
         try:
             return await self.breaker.call(request)
         except (CircuitOpen, httpx.HTTPError, _ServerError) as exc:

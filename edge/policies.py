@@ -24,12 +24,12 @@ logger = logging.getLogger("segmentgate.edge.policies")
 
 
 class ContentUnavailable(Exception):
-    """Raised by a fetch when the origin says the content does not exist."""
+    """Raised by a fetch when the origin reports the content missing or withdrawn."""
 
 
 @dataclass(frozen=True)
 class Policy:
-    """What the edge needs to know about one content item."""
+    """One content item's policy, as the gate uses it."""
 
     kind: str
     preview_seconds: float
@@ -86,6 +86,8 @@ class PolicyCache:
         self._entries: LRUCache[str, _Entry] = LRUCache(maxsize=capacity)
         self._inflight: dict[str, asyncio.Task[Policy | None]] = {}
         self.origin_requests = 0
+        self.failures = 0
+        self._failure_logged = -float("inf")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -137,7 +139,16 @@ class PolicyCache:
             self._store(content_id, WITHDRAWN, self._negative_ttl)
             return WITHDRAWN
         except Exception as exc:  # noqa: BLE001 - any failure keeps what we had
-            logger.warning("fetching the policy of %s failed: %s", content_id, exc)
+            self.failures += 1
+            now = time.monotonic()
+            if now - self._failure_logged >= 60.0:
+                self._failure_logged = now
+                logger.warning(
+                    "fetching the policy of %s failed (%d failures so far): %s",
+                    content_id,
+                    self.failures,
+                    exc,
+                )
             entry = self._entries.get(content_id)
             return entry.policy if entry is not None else None
         self._store(content_id, policy, self._ttl)

@@ -48,11 +48,17 @@ class EdgeSettings:
     jwks_refresh_interval: float = 30.0
     origin_timeout: float = 5.0
     sync_interval: float = 5.0
+    # The bearer token the origin requires on its event feed.
+    origin_token: str = ""
     renewal_seconds: float = SESSION_RENEWAL
     # The origin counts as silent after stale_after seconds without a feed
     # read or a push; entitled viewers keep playing for grace_period more.
     stale_after: float = 15.0
     grace_period: float = 900.0
+    # The circuit to the origin opens after this many failures in a row and
+    # lets one request through again after the reset timeout.
+    origin_failure_threshold: int = 3
+    origin_reset_timeout: float = 5.0
     policy_ttl: float = 60.0
     policy_stale_ttl: float = 3600.0
     policy_negative_ttl: float = 5.0
@@ -85,6 +91,7 @@ class EdgeSettings:
             media_root=Path(media_root) if media_root else None,
             upstream_url=env.get("SEGMENTGATE_EDGE_UPSTREAM_URL"),
             uri_secrets=decode_secrets(env.get("SEGMENTGATE_EDGE_URI_SECRETS", "")),
+            origin_token=env.get("SEGMENTGATE_EDGE_ORIGIN_TOKEN", ""),
             grace_period=float(env.get("SEGMENTGATE_EDGE_GRACE_SECONDS", "900")),
             extra_hosts=frozenset(
                 host.strip().lower()

@@ -1,4 +1,4 @@
-"""Where the edge reads media from: a directory or an HTTP origin.
+"""Media sources of the edge: a directory or an HTTP origin.
 
 Both upstreams take a checked media path (``content_id/...``), stream the
 bytes without loading a segment into memory, and honour ``Range`` and
@@ -8,6 +8,7 @@ bytes without loading a segment into memory, and honour ``Range`` and
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -17,8 +18,14 @@ import httpx
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from shared.problems import NOT_FOUND, UPSTREAM_UNAVAILABLE, Problem
+from shared.problems import (
+    NOT_FOUND,
+    RANGE_NOT_SATISFIABLE,
+    UPSTREAM_UNAVAILABLE,
+    Problem,
+)
 
 MEDIA_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -52,6 +59,53 @@ def media_type_for(path: str) -> str:
 
 def is_playlist(path: str) -> bool:
     return path.lower().endswith(PLAYLIST_SUFFIXES)
+
+
+# Segments, keys and init segments are immutable, but their URLs carry one
+# viewer's token: only that viewer's own cache may keep them.
+MEDIA_CACHE_HEADERS = {"Cache-Control": "private, max-age=86400"}
+_RANGE_SPEC = re.compile(r"([0-9]{0,19})-([0-9]{0,19})")
+
+
+def parse_byte_ranges(header: str) -> list[tuple[int | None, int | None]] | None:
+    """Parse a ``bytes=`` Range header; return None when it is not valid.
+
+    Each range is ``(first, last)``; ``(None, n)`` is the last ``n`` bytes.
+    """
+    unit, _, specs = header.partition("=")
+    if unit.strip().lower() != "bytes" or not specs.strip():
+        return None
+    ranges: list[tuple[int | None, int | None]] = []
+    for spec in specs.split(","):
+        match = _RANGE_SPEC.fullmatch(spec.strip())
+        if match is None or match.group(0) == "-":
+            return None
+        first = int(match.group(1)) if match.group(1) else None
+        last = int(match.group(2)) if match.group(2) else None
+        if first is not None and last is not None and first > last:
+            return None
+        ranges.append((first, last))
+    return ranges
+
+
+def _satisfiable(first: int | None, last: int | None, size: int) -> bool:
+    if first is None:
+        return bool(last)
+    return first < size
+
+
+class _IgnoringRange(Response):
+    """Send a response as if the request had no Range header."""
+
+    def __init__(self, inner: Response) -> None:
+        self.inner = inner
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (name, value) for name, value in scope["headers"] if name != b"range"
+        ]
+        await self.inner({**scope, "headers": headers}, receive, send)
 
 
 class Upstream(Protocol):
@@ -91,7 +145,24 @@ class FileUpstream:
 
     async def media_response(self, path: str, request: Request) -> Response:
         target = self._file(path)
-        return FileResponse(target, media_type=media_type_for(path))
+        response = FileResponse(
+            target, media_type=media_type_for(path), headers=MEDIA_CACHE_HEADERS
+        )
+        range_header = request.headers.get("range")
+        if range_header is None:
+            return response
+        ranges = parse_byte_ranges(range_header)
+        if ranges is None:
+            # RFC 9110 section 14.2: a server ignores a Range it cannot parse.
+            return _IgnoringRange(response)
+        size = target.stat().st_size
+        if not any(_satisfiable(first, last, size) for first, last in ranges):
+            raise Problem(
+                RANGE_NOT_SATISFIABLE,
+                f"no requested range is inside the {size} bytes of /{path}",
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        return response
 
     async def aclose(self) -> None:
         return None
@@ -155,6 +226,7 @@ class HttpUpstream:
             if name in response.headers
         }
         headers.setdefault("content-type", media_type_for(path))
+        headers.update(MEDIA_CACHE_HEADERS)
         return StreamingResponse(
             response.aiter_raw(),
             status_code=response.status_code,

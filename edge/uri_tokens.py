@@ -60,6 +60,7 @@ def _encode_session(claims: PlaybackClaims) -> str:
         claims.entitlement_version,
         int(claims.entitled),
         claims.preview_seconds,
+        claims.key_id,
     ]
     raw = json.dumps(fields, separators=(",", ":")).encode()
     return base64_encode(raw).decode("ascii")
@@ -68,7 +69,7 @@ def _encode_session(claims: PlaybackClaims) -> str:
 def _decode_session(text: str) -> PlaybackClaims:
     try:
         fields = json.loads(base64_decode(text))
-        sid, cid, ref, exp, version, entitled, preview = fields
+        sid, cid, ref, exp, version, entitled, preview, key_id = fields
         return PlaybackClaims(
             session_id=str(sid),
             content_id=str(cid),
@@ -77,6 +78,7 @@ def _decode_session(text: str) -> PlaybackClaims:
             entitled=bool(entitled),
             entitlement_version=int(version),
             preview_seconds=float(preview),
+            key_id=str(key_id),
         )
     except (ValueError, TypeError) as exc:
         raise InvalidUriToken("session part is malformed") from exc

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from origin import catalog, feeds, playback, purchases, viewers
+from origin import admin, catalog, feeds, playback, purchases, viewers
+from origin.auth import parse_admin_tokens
 from origin.keyring import KeyRing
 from origin.outbox import OutboxRelay
-from origin.providers import PaymentProvider, SandboxProvider
+from origin.providers import (
+    PaymentProvider,
+    ResilientProvider,
+    SandboxFaults,
+    SandboxProvider,
+    StripeProvider,
+)
+from origin.recovery import RecoveryLoop
 from origin.saga import PurchaseSaga
-from origin.settings import OriginSettings
+from origin.settings import OriginSettings, resolve_master_key
 from origin.state import Origin
 from origin.store import create_engine, create_tables
 from shared.http import problem_handlers
@@ -28,12 +39,44 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
 
 
+def build_provider(
+    settings: OriginSettings, clock: Callable[[], float] = time.time
+) -> PaymentProvider:
+    """Create the payment provider that ``settings`` name, without retries."""
+    if settings.payment_provider == "stripe":
+        return StripeProvider(
+            settings.stripe_api_key,
+            api_url=settings.stripe_api_url,
+            timeout=max(settings.provider_calls.timeouts.values()),
+        )
+    state_path = settings.sandbox_state_path
+    return SandboxProvider(
+        clock=clock,
+        faults=SandboxFaults.parse(settings.sandbox_faults),
+        state_path=Path(state_path) if state_path else None,
+    )
+
+
 def create_app(
-    settings: OriginSettings, provider: PaymentProvider | None = None
+    settings: OriginSettings,
+    provider: PaymentProvider | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """Build the origin ASGI application; tables and keys are set up at start."""
+    """Build the origin ASGI application; tables and keys are set up at start.
+
+    ``provider`` replaces the one that ``settings`` name; either way its
+    calls get the timeouts, retries and circuit breakers of
+    ``settings.provider_calls``.
+    """
     engine = create_engine(settings.database_url)
-    keys = KeyRing(engine, settings.signing_algorithm)
+    keys = KeyRing(
+        engine,
+        settings.signing_algorithm,
+        master_key=resolve_master_key(settings),
+        publish_seconds=settings.key_publish_seconds,
+        token_lifetime=settings.playback_token_ttl,
+    )
     relay = OutboxRelay(
         engine,
         keys,
@@ -42,17 +85,40 @@ def create_app(
         poll_interval=settings.relay_poll_interval,
         timeout=settings.relay_timeout,
     )
-    provider = provider or SandboxProvider()
-    saga = PurchaseSaga(engine, provider, relay.notify)
-    state = Origin(settings, engine, keys, provider, relay, saga)
+    resilient = ResilientProvider(
+        provider or build_provider(settings, clock), settings.provider_calls
+    )
+    saga = PurchaseSaga(
+        engine, resilient, relay.notify, policy=settings.saga, clock=clock
+    )
+    recovery = RecoveryLoop(saga, settings.recovery_interval)
+    state = Origin(settings, engine, keys, resilient, relay, saga, recovery, clock)
+    state.admin_tokens = parse_admin_tokens(settings.admin_token, settings.admin_tokens)
+    keys.on_event = relay.notify
+
+    async def tick_keys() -> None:
+        while True:
+            await asyncio.sleep(settings.key_tick_interval)
+            try:
+                await keys.tick()
+            except Exception:
+                logger.exception("advancing key rotation failed")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await create_tables(engine)
         await keys.load()
         await relay.start()
+        recovery.start()
+        ticker = asyncio.create_task(tick_keys())
         yield
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await recovery.stop()
+        await saga.wait_idle()
         await relay.stop()
+        await resilient.aclose()
         await engine.dispose()
 
     routes = [
@@ -62,6 +128,7 @@ def create_app(
         *playback.routes,
         *purchases.routes,
         *feeds.routes,
+        *admin.routes,
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers=problem_handlers(logger)

@@ -43,6 +43,46 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
+ADMIN_SCOPES = ("catalog", "keys", "events")
+
+
+def parse_admin_tokens(root_token: str, scoped: str) -> dict[str, frozenset[str]]:
+    """Map admin tokens to their scopes; ``root_token`` has every scope."""
+    tokens = {root_token: frozenset(ADMIN_SCOPES)}
+    for item in scoped.split(","):
+        if not item.strip():
+            continue
+        scope, _, token = item.strip().partition(":")
+        if scope not in ADMIN_SCOPES or not token:
+            raise ValueError(
+                f"admin token entry must be 'scope:token', scope one of "
+                f"{', '.join(ADMIN_SCOPES)}; got scope {scope!r}"
+            )
+        tokens[token] = tokens.get(token, frozenset()) | {scope}
+    return tokens
+
+
+def require_scope(
+    request: Request, tokens: dict[str, frozenset[str]], scope: str
+) -> str:
+    """Check the bearer token for ``scope``; return an actor name for audit.
+
+    The actor names the token by a hash prefix, never by the token itself.
+    """
+    token = bearer_token(request)
+    for candidate, scopes in tokens.items():
+        if hmac.compare_digest(token.encode(), candidate.encode()):
+            if scope not in scopes:
+                raise Problem(
+                    problems.FORBIDDEN, f"this admin token lacks the '{scope}' scope"
+                )
+            kind = (
+                "root" if len(scopes) == len(ADMIN_SCOPES) else "+".join(sorted(scopes))
+            )
+            return f"{kind}:{hash_token(token)[:12]}"
+    raise Problem(problems.FORBIDDEN, "the admin token is not valid")
+
+
 def require_admin(request: Request, admin_token: str) -> None:
     token = bearer_token(request)
     if not hmac.compare_digest(token.encode(), admin_token.encode()):

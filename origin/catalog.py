@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from origin.auth import require_admin
+from origin.audit import record_audit
+from origin.auth import require_scope
 from origin.outbox import append_event
 from origin.state import Origin
 from origin.store import content
@@ -64,8 +65,8 @@ def _read_policy(data: dict[str, Any]) -> dict[str, Any]:
         raise invalid(
             f"'policy.kind' must be one of {', '.join(POLICY_KINDS)}", "policy.kind"
         )
-    # Free content keeps playing when edges lose the origin; paid content
-    # stops once their grace period ends, unless the policy says otherwise.
+    # By default free content keeps playing when edges lose the origin, and
+    # paid content stops once their grace period ends.
     offline = policy.get("offline", "open" if kind == "free" else "closed")
     if offline not in OFFLINE_MODES:
         raise invalid("'policy.offline' must be 'open' or 'closed'", "policy.offline")
@@ -92,7 +93,7 @@ def _read_policy(data: dict[str, Any]) -> dict[str, Any]:
 
 async def put_content(request: Request) -> Response:
     origin: Origin = request.app.state.origin
-    require_admin(request, origin.settings.admin_token)
+    actor = require_scope(request, origin.admin_tokens, "catalog")
     content_id = request.path_params["content_id"]
     if not CONTENT_ID.fullmatch(content_id):
         raise invalid("content id must be 1 to 128 letters, digits, '-' or '_'")
@@ -125,6 +126,7 @@ async def put_content(request: Request) -> Response:
             )
         ).one()
         await append_event(connection, POLICY_CHANGED, "", content_id, 0)
+        await record_audit(connection, actor, "catalog.put", content_id, values)
     origin.relay.notify()
     return JSONResponse(_item(row), status_code=201 if created else 200)
 
@@ -132,7 +134,7 @@ async def put_content(request: Request) -> Response:
 async def withdraw_content(request: Request) -> Response:
     """Stop serving a content item everywhere; its purchases stay on record."""
     origin: Origin = request.app.state.origin
-    require_admin(request, origin.settings.admin_token)
+    actor = require_scope(request, origin.admin_tokens, "catalog")
     content_id = request.path_params["content_id"]
     async with origin.engine.begin() as connection:
         updated = await connection.execute(
@@ -145,6 +147,7 @@ async def withdraw_content(request: Request) -> Response:
                 problems.NOT_FOUND, f"no content '{content_id}' in the catalog"
             )
         await append_event(connection, CONTENT_WITHDRAWN, "", content_id, 0)
+        await record_audit(connection, actor, "catalog.withdraw", content_id)
     origin.relay.notify()
     return Response(status_code=204)
 
@@ -165,7 +168,7 @@ async def get_catalog(request: Request) -> Response:
 async def get_item(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     row = await load_content(origin, request.path_params["content_id"])
-    # Edges cache this answer; a short max-age bounds what a shared cache keeps.
+    # Edges cache this response, and a short max-age bounds shared caches.
     return JSONResponse(_item(row), headers={"Cache-Control": "max-age=5"})
 
 

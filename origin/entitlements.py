@@ -18,10 +18,15 @@ from origin.store import entitlements, viewers
 from shared.events import ENTITLEMENT_GRANTED, ENTITLEMENT_REVOKED
 
 
+class EntitlementConflict(Exception):
+    """Raised when another transaction changed the entitlement first."""
+
+
 @dataclass(frozen=True)
 class Entitlement:
     granted: bool
     version: int
+    purchase_id: str | None = None
 
 
 async def get_entitlement(
@@ -29,7 +34,11 @@ async def get_entitlement(
 ) -> Entitlement:
     row = (
         await connection.execute(
-            select(entitlements.c.granted, entitlements.c.version).where(
+            select(
+                entitlements.c.granted,
+                entitlements.c.version,
+                entitlements.c.purchase_id,
+            ).where(
                 entitlements.c.viewer_id == viewer_id,
                 entitlements.c.content_id == content_id,
             )
@@ -37,7 +46,7 @@ async def get_entitlement(
     ).first()
     if row is None:
         return Entitlement(False, 0)
-    return Entitlement(bool(row.granted), int(row.version))
+    return Entitlement(bool(row.granted), int(row.version), row.purchase_id)
 
 
 async def set_entitlement(
@@ -48,7 +57,12 @@ async def set_entitlement(
     granted: bool,
     purchase_id: str,
 ) -> Entitlement:
-    """Grant or revoke, bump the version and announce it, in one transaction."""
+    """Grant or revoke, bump the version and announce it, in one transaction.
+
+    Raise :class:`EntitlementConflict` if a concurrent transaction changed
+    the entitlement since it was read; the caller's transaction must then
+    roll back and try again.
+    """
     current = await get_entitlement(connection, viewer_id, content_id)
     version = current.version + 1
     values = {
@@ -64,7 +78,7 @@ async def set_entitlement(
             )
         )
     else:
-        await connection.execute(
+        updated = await connection.execute(
             entitlements.update()
             .where(
                 entitlements.c.viewer_id == viewer_id,
@@ -73,6 +87,10 @@ async def set_entitlement(
             )
             .values(**values)
         )
+        if updated.rowcount != 1:
+            raise EntitlementConflict(
+                f"entitlement of {viewer_id} to {content_id} changed concurrently"
+            )
     viewer_ref = (
         await connection.execute(
             select(viewers.c.viewer_ref).where(viewers.c.viewer_id == viewer_id)
@@ -80,4 +98,4 @@ async def set_entitlement(
     ).scalar_one()
     event_type = ENTITLEMENT_GRANTED if granted else ENTITLEMENT_REVOKED
     await append_event(connection, event_type, viewer_ref, content_id, version)
-    return Entitlement(granted, version)
+    return Entitlement(granted, version, purchase_id)

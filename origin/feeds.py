@@ -1,4 +1,4 @@
-"""What edges read from the origin: the JWK set and the event feed."""
+"""The origin's endpoints for edges: the JWK set and the event feed."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from origin.auth import require_admin
 from origin.outbox import read_events
 from origin.state import Origin
 from origin.validation import invalid
@@ -16,7 +17,8 @@ async def jwks(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     return JSONResponse(
         origin.keys.jwks(),
-        headers={"Cache-Control": "public, max-age=300"},
+        # Short enough that a cached copy lists a new key before it signs.
+        headers={"Cache-Control": f"public, max-age={origin.keys.jwks_max_age}"},
         media_type="application/jwk-set+json",
     )
 
@@ -24,6 +26,9 @@ async def jwks(request: Request) -> Response:
 async def events(request: Request) -> Response:
     """Return events after ``?after=`` as a signed batch (``application/jwt``)."""
     origin: Origin = request.app.state.origin
+    # The feed links viewer references to purchases, so only edges read it.
+    if origin.settings.edge_token:
+        require_admin(request, origin.settings.edge_token)
     after_text = request.query_params.get("after", "0")
     if not after_text.isascii() or not after_text.isdigit() or len(after_text) > 18:
         raise invalid("'after' must be a non-negative integer", "after")

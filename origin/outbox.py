@@ -14,12 +14,12 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from origin.keyring import KeyRing
 from origin.store import outbox, relay_cursors
 from shared.events import (
     EVENTS_MEDIA_TYPE,
@@ -28,9 +28,14 @@ from shared.events import (
     encode_event_batch,
 )
 
+if TYPE_CHECKING:
+    from origin.keyring import KeyRing
+
 logger = logging.getLogger("segmentgate.origin.outbox")
 
 BATCH_LIMIT = 500
+# Any fixed number: the PostgreSQL advisory lock that orders outbox writers.
+OUTBOX_LOCK_ID = 0x5E6_0B0C
 
 
 async def append_event(
@@ -43,6 +48,14 @@ async def append_event(
     kid: str = "",
 ) -> None:
     """Insert an event inside the caller's transaction."""
+    if connection.dialect.name == "postgresql":
+        # Sequence numbers are drawn at insert but become visible at commit.
+        # Holding this lock until commit makes commits follow sequence order,
+        # so a reader never sees event n + 1 before event n and skips n.
+        # SQLite has a single writer and needs no lock.
+        await connection.execute(
+            text("SELECT pg_advisory_xact_lock(:id)"), {"id": OUTBOX_LOCK_ID}
+        )
     await connection.execute(
         outbox.insert().values(
             event_id=str(uuid.uuid4()),

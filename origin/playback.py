@@ -10,15 +10,17 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from origin.auth import require_viewer
+from origin.auth import Viewer, require_viewer
 from origin.catalog import load_content
 from origin.entitlements import get_entitlement
+from origin.idempotency import IdempotentCall, idempotency_key, run_idempotent
 from origin.state import Origin
 from origin.validation import invalid, read_object, string_field
 from shared.content import CONTENT_ID
@@ -32,7 +34,18 @@ TRANSPORTS = ("query", "path")
 async def create_playback_session(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     viewer = await require_viewer(request, origin.engine)
-    data, _ = await read_object(request)
+    key = idempotency_key(request)
+    data, body = await read_object(request)
+    # With an Idempotency-Key, a retry gets the same session, not a new one.
+    call = IdempotentCall(
+        origin.engine, f"session:{viewer.viewer_id}", key, body, clock=origin.clock
+    )
+    return await run_idempotent(call, lambda: _create_session(origin, viewer, data))
+
+
+async def _create_session(
+    origin: Origin, viewer: Viewer, data: dict[str, Any]
+) -> Response:
     content_id = string_field(data, "content_id", max_length=128, pattern=CONTENT_ID)
     transport = data.get("transport", "query")
     if transport not in TRANSPORTS:

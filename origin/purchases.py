@@ -10,27 +10,40 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from origin import purchase_records as records
 from origin.auth import Viewer, require_viewer
 from origin.catalog import load_content
 from origin.entitlements import get_entitlement
-from origin.idempotency import idempotency_key, run_idempotent
-from origin.saga import PurchaseRequest, load_purchase
+from origin.idempotency import (
+    IdempotentCall,
+    idempotency_key,
+    required_idempotency_key,
+    run_idempotent,
+)
+from origin.providers import InvalidPaymentRequest
+from origin.saga import PurchaseConflict, PurchaseRequest
 from origin.state import Origin
-from origin.validation import read_object, string_field
+from origin.validation import read_body, read_object, string_field
 from shared import problems
 from shared.content import CONTENT_ID
 from shared.problems import Problem
 
-# Statuses after which a purchase does not change without a refund request.
-FINAL_STATUSES = frozenset({"granted", "declined", "failed", "refunded"})
 
-
-def _timestamp(epoch: float) -> str:
+def _timestamp(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def _public(purchase: dict[str, Any]) -> dict[str, Any]:
-    steps = [{**step, "at": _timestamp(step["at"])} for step in purchase["steps"]]
+    steps = [
+        {
+            **step,
+            "at": _timestamp(step["at"]),
+            "finished_at": _timestamp(step["finished_at"]),
+        }
+        for step in purchase["steps"]
+    ]
     return {
         "purchase_id": purchase["purchase_id"],
         "status": purchase["status"],
@@ -40,15 +53,22 @@ def _public(purchase: dict[str, Any]) -> dict[str, Any]:
         "provider": purchase["provider"],
         "created_at": _timestamp(purchase["created_at"]),
         "updated_at": _timestamp(purchase["updated_at"]),
+        "refund_requested_at": _timestamp(purchase["refund_requested_at"]),
         "steps": steps,
     }
+
+
+def _settled(purchase: dict[str, Any]) -> bool:
+    if purchase["status"] == records.GRANTED:
+        return purchase["refund_requested_at"] is None
+    return purchase["status"] in records.SETTLED_STATUSES
 
 
 async def _owned_purchase(
     origin: Origin, viewer: Viewer, purchase_id: str
 ) -> dict[str, Any]:
     async with origin.engine.connect() as connection:
-        purchase = await load_purchase(connection, purchase_id)
+        purchase = await records.load_purchase(connection, purchase_id)
     # Another viewer's purchase is reported as missing, not as forbidden,
     # so purchase ids cannot be probed.
     if purchase is None or purchase["viewer_id"] != viewer.viewer_id:
@@ -56,10 +76,24 @@ async def _owned_purchase(
     return purchase
 
 
+def _purchase_response(purchase: dict[str, Any], settled_code: int) -> Response:
+    """Answer ``settled_code`` for a settled purchase and 202 while it runs."""
+    status_code = settled_code if _settled(purchase) else 202
+    headers = {
+        "Location": f"/v1/purchases/{purchase['purchase_id']}",
+        "Cache-Control": "no-store",
+    }
+    return JSONResponse(_public(purchase), status_code=status_code, headers=headers)
+
+
+def _is_final(response: Response) -> bool:
+    return response.status_code != 202
+
+
 async def create_purchase(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     viewer = await require_viewer(request, origin.engine)
-    key = idempotency_key(request, required=True)
+    key = required_idempotency_key(request)
     data, body = await read_object(request)
 
     async def handle() -> Response:
@@ -76,24 +110,46 @@ async def create_purchase(request: Request) -> Response:
             )
         if entitlement.granted:
             raise Problem(problems.CONFLICT, f"the viewer already owns '{content_id}'")
-        purchase_id = await origin.saga.purchase(
-            PurchaseRequest(
-                viewer_id=viewer.viewer_id,
-                content_id=content_id,
-                amount=Decimal(item.price_amount),
-                currency=item.price_currency,
-                payment_method=payment_method,
-                idempotency_key=f"{viewer.viewer_id}:{key}",
+        try:
+            purchase_id, _ = await origin.saga.start(
+                PurchaseRequest(
+                    viewer_id=viewer.viewer_id,
+                    content_id=content_id,
+                    amount=Decimal(item.price_amount),
+                    currency=item.price_currency,
+                    payment_method=payment_method,
+                    idempotency_key=key,
+                )
             )
-        )
+        except PurchaseConflict as exc:
+            raise Problem(problems.CONFLICT, str(exc)) from None
+        except InvalidPaymentRequest as exc:
+            raise Problem(problems.UNPROCESSABLE, str(exc)) from None
         purchase = await _owned_purchase(origin, viewer, purchase_id)
-        status_code = 201 if purchase["status"] in FINAL_STATUSES else 202
-        headers = {"Location": f"/v1/purchases/{purchase_id}"}
-        return JSONResponse(_public(purchase), status_code=status_code, headers=headers)
+        return _purchase_response(purchase, 201)
 
-    return await run_idempotent(
-        origin.engine, f"purchase:{viewer.viewer_id}", key, body, handle
+    async def resume(still_running: bool) -> Response | None:
+        async with origin.engine.connect() as connection:
+            found = await records.find_purchase_by_request(
+                connection, viewer.viewer_id, key
+            )
+        if found is None:
+            return None
+        if still_running and found.leased(origin.clock()):
+            return None
+        purchase = await _owned_purchase(origin, viewer, found.purchase_id)
+        return _purchase_response(purchase, 201)
+
+    call = IdempotentCall(
+        origin.engine,
+        f"purchase:{viewer.viewer_id}",
+        key,
+        body,
+        resume=resume,
+        is_final=_is_final,
+        clock=origin.clock,
     )
+    return await run_idempotent(call, handle)
 
 
 async def get_purchase(request: Request) -> Response:
@@ -106,19 +162,37 @@ async def get_purchase(request: Request) -> Response:
 async def refund_purchase(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     viewer = await require_viewer(request, origin.engine)
-    key = idempotency_key(request, required=False)
+    key = idempotency_key(request)
     purchase_id = request.path_params["purchase_id"]
-    body = await request.body()
+    body = await read_body(request)
+
+    async def current() -> Response:
+        purchase = await _owned_purchase(origin, viewer, purchase_id)
+        return _purchase_response(purchase, 200)
 
     async def handle() -> Response:
         purchase = await _owned_purchase(origin, viewer, purchase_id)
-        await origin.saga.refund(purchase)
-        refunded = await _owned_purchase(origin, viewer, purchase_id)
-        return JSONResponse(_public(refunded))
+        if not await origin.saga.request_refund(purchase_id):
+            raise Problem(
+                problems.CONFLICT,
+                f"purchase {purchase_id} is {purchase['status']}; "
+                "nothing was charged that could be refunded",
+            )
+        return await current()
 
-    return await run_idempotent(
-        origin.engine, f"refund:{viewer.viewer_id}:{purchase_id}", key, body, handle
+    async def resume(still_running: bool) -> Response | None:
+        return None if still_running else await current()
+
+    call = IdempotentCall(
+        origin.engine,
+        f"refund:{viewer.viewer_id}:{purchase_id}",
+        key,
+        body,
+        resume=resume,
+        is_final=_is_final,
+        clock=origin.clock,
     )
+    return await run_idempotent(call, handle)
 
 
 routes = [

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from origin.keyring import KeyRing
 from origin.outbox import OutboxRelay
 from origin.providers import PaymentProvider
+from origin.recovery import RecoveryLoop
 from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings
 
@@ -21,3 +23,8 @@ class Origin:
     provider: PaymentProvider
     relay: OutboxRelay
     saga: PurchaseSaga
+    recovery: RecoveryLoop
+    # Epoch seconds; tests replace it to expire leases and authorizations.
+    clock: Callable[[], float]
+    # Admin tokens and the scopes each holds.
+    admin_tokens: dict[str, frozenset[str]] = field(default_factory=dict)

@@ -1,26 +1,35 @@
 """The origin's durable store: tables and the engine that reaches them.
 
-SQLAlchemy Core over SQLite by default (``sqlite+aiosqlite``). Every write
-that edges must learn about happens in the same transaction as its outbox
-event, so the store never holds a change that no event announces.
+SQLAlchemy Core over SQLite by default (``sqlite+aiosqlite``), or
+PostgreSQL (``postgresql+asyncpg``). Every write that edges must learn about
+happens in the same transaction as its outbox event, so the store never
+holds a change that no event announces.
 """
 
 from __future__ import annotations
+
+import logging
 
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+logger = logging.getLogger("segmentgate.origin.store")
 
 metadata = MetaData()
 
@@ -54,9 +63,25 @@ signing_keys = Table(
     metadata,
     Column("kid", String(64), primary_key=True),
     Column("algorithm", String(16), nullable=False),
+    # The private key in PEM, encrypted with the master key (Fernet).
     Column("private_pem", Text, nullable=False),
+    # next, current, retiring, retired or revoked; changed_at is when.
     Column("state", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("changed_at", Float),
+)
+
+# Every admin action, for audit: who (a token's scope and fingerprint),
+# what, on which target, when.
+admin_audit = Table(
+    "admin_audit",
+    metadata,
+    Column("audit_id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=False),
+    Column("detail", JSON, nullable=False),
 )
 
 purchases = Table(
@@ -73,7 +98,48 @@ purchases = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The viewer's Idempotency-Key of the request that created the purchase.
+    Column("idempotency_key", String(255)),
+    Column("refund_requested_at", Float),
+    # The status that a running void or refund ends the purchase in.
+    Column("closing_status", String(16)),
+    Column("authorization_expires_at", Float),
+    # The saga runner that may change the purchase, until lease_expires_at.
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", Float),
+    # Failed tries of the current step, and when the next one is due.
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float),
 )
+Index(
+    "uq_purchases_request",
+    purchases.c.viewer_id,
+    purchases.c.idempotency_key,
+    unique=True,
+)
+
+# Statuses in which a purchase holds or is working towards an entitlement.
+ACTIVE_STATUSES = (
+    "pending",
+    "authorized",
+    "captured",
+    "granted",
+    "voiding",
+    "refunding",
+)
+_ACTIVE = purchases.c.status.in_(ACTIVE_STATUSES)
+
+# At most one active purchase per viewer and content item, so a second
+# purchase of the same content cannot charge the viewer again.
+Index(
+    "uq_purchases_active",
+    purchases.c.viewer_id,
+    purchases.c.content_id,
+    unique=True,
+    sqlite_where=_ACTIVE,
+    postgresql_where=_ACTIVE,
+)
+Index("ix_purchases_status", purchases.c.status)
 
 purchase_steps = Table(
     "purchase_steps",
@@ -86,7 +152,11 @@ purchase_steps = Table(
     Column("outcome", String(16), nullable=False),
     Column("detail", Text),
     Column("at", Float, nullable=False),
+    Column("finished_at", Float),
+    # The idempotency key sent to the payment provider for this call.
+    Column("idempotency_key", String(255)),
 )
+Index("ix_purchase_steps_purchase", purchase_steps.c.purchase_id)
 
 entitlements = Table(
     "entitlements",
@@ -109,6 +179,8 @@ idempotency_keys = Table(
     Column("status_code", Integer),
     Column("body", Text),
     Column("created_at", Float, nullable=False),
+    # A request still in progress after this time is taken as abandoned.
+    Column("locked_until", Float),
 )
 
 outbox = Table(
@@ -149,5 +221,32 @@ def create_engine(database_url: str) -> AsyncEngine:
 
 
 async def create_tables(engine: AsyncEngine) -> None:
+    """Create missing tables and indexes, and add columns that older stores lack."""
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
+        await connection.run_sync(_add_missing_columns)
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    inspector = inspect(connection)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column for column in table.columns if column.name not in present]
+        for column in missing:
+            logger.info("adding column %s.%s to the store", table.name, column.name)
+            connection.execute(text(_add_column_ddl(connection, column)))
+        if missing:
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
+
+
+def _add_column_ddl(connection: Connection, column: Column) -> str:  # type: ignore[type-arg]
+    # Columns added to existing tables are nullable or have a server default,
+    # so ALTER TABLE ... ADD COLUMN works on SQLite and PostgreSQL alike.
+    quote = connection.dialect.identifier_preparer.quote
+    column_type = column.type.compile(dialect=connection.dialect)
+    table = quote(column.table.name)
+    ddl = f"ALTER TABLE {table} ADD COLUMN {quote(column.name)} {column_type}"
+    if column.server_default is not None:
+        ddl += f" NOT NULL DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
+    return ddl

@@ -14,7 +14,10 @@ from shared.problems import Problem
 
 MAX_BODY_BYTES = 64 * 1024
 CURRENCY = re.compile(r"[A-Z]{3}")
-AMOUNT = re.compile(r"\d{1,9}(\.\d{1,4})?")
+# ASCII digits only, and at most two decimals, the minor unit of most
+# currencies; "4.99" but not "4.999" or other scripts' digits.
+AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?")
+JSON_MEDIA_TYPES = frozenset({"application/json"})
 
 
 def invalid(detail: str, field: str | None = None) -> Problem:
@@ -22,17 +25,55 @@ def invalid(detail: str, field: str | None = None) -> Problem:
     return Problem(problems.INVALID_REQUEST, detail, **extensions)
 
 
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise invalid(f"body has the key '{key}' twice")
+        result[key] = value
+    return result
+
+
+async def read_body(request: Request) -> bytes:
+    """Return the request body, reading no more than ``MAX_BODY_BYTES``."""
+    too_large = Problem(
+        problems.PAYLOAD_TOO_LARGE, f"body exceeds {MAX_BODY_BYTES} bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise too_large
+    return bytes(body)
+
+
 async def read_object(request: Request) -> tuple[dict[str, Any], bytes]:
-    """Return the JSON object of the body and its raw bytes."""
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise Problem(
-            problems.PAYLOAD_TOO_LARGE, f"body exceeds {MAX_BODY_BYTES} bytes"
-        )
+    """Return the JSON object of the body and its raw bytes.
+
+    A body without ``Content-Type`` is read as JSON; any type other than
+    ``application/json`` is rejected with 415.
+    """
+    content_type = request.headers.get("content-type")
+    if content_type is not None:
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type not in JSON_MEDIA_TYPES:
+            raise Problem(
+                problems.UNSUPPORTED_MEDIA_TYPE,
+                f"send the body as application/json, not {media_type[:60]!r}",
+            )
+    body = await read_body(request)
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid(f"body is not valid JSON: {exc}") from None
+        data = json.loads(body, object_pairs_hook=_reject_duplicates)
+    except Problem:
+        raise
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers malformed JSON, bad UTF-8 and integers longer
+        # than Python converts; RecursionError covers deep nesting.
+        detail = str(exc)[:200] if isinstance(exc, ValueError) else "nested too deep"
+        raise invalid(f"body is not valid JSON: {detail}") from None
     if not isinstance(data, dict):
         raise invalid("body must be a JSON object")
     return data, body

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from segmentgate.admin_cli import add_commands as add_admin_commands
+from segmentgate.admin_cli import run as run_admin_command
 from segmentgate.serving import start_server
 from segmentgate.stack import Stack
 
@@ -46,6 +48,21 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--bind", default=None, help="host:port to listen on")
+
+    add_admin_commands(commands)
+
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="compare each payment in the origin's store with the payment "
+        "provider, repair drift and print a JSON report of the changes",
+    )
+    reconcile.add_argument(
+        "--window-days",
+        type=float,
+        default=30.0,
+        help="also check settled purchases updated within this many days "
+        "(default: 30); running purchases are always checked",
+    )
     return parser
 
 
@@ -69,13 +86,22 @@ Watch the 10 s preview; after it the edge answers 402 Payment Required:
 Buy it with the sandbox card (pm_card_chargeDeclined is declined):
 
   curl -s -X POST {origin}/v1/purchases -H "Authorization: Bearer $VT" \\
-       -H "Idempotency-Key: demo-1" \\
+       -H "Content-Type: application/json" -H "Idempotency-Key: demo-1" \\
        -d '{{"content_id": "sample", "payment_method": "pm_card_visa"}}'
 
-The same URL now plays in full. A new session for any content:
+The same URL now plays in full. Refund with the purchase_id from that answer,
+and within a second the URL is a preview again:
+
+  curl -s -X POST {origin}/v1/purchases/PURCHASE_ID/refund \\
+       -H "Authorization: Bearer $VT"
+
+A new session for any content:
 
   curl -s -X POST {origin}/v1/playback-sessions -H "Authorization: Bearer $VT" \\
-       -d '{{"content_id": "trailer"}}'
+       -H "Content-Type: application/json" -d '{{"content_id": "trailer"}}'
+
+ffmpeg exits with status 0 when a preview ends; the 402 answers show up as
+"HTTP error 402" lines in its log.
 
 Press Ctrl+C to stop.
 """
@@ -157,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no sample/master.m3u8 under {args.media}; pass --media DIR")
             return 2
         asyncio.run(_run_demo(args))
+    elif args.command in ("keys", "catalog"):
+        return run_admin_command(args)
+    elif args.command == "reconcile":
+        from origin import OriginSettings
+        from origin.reconcile import format_report, run_reconciliation
+
+        report = asyncio.run(
+            run_reconciliation(OriginSettings.from_env(), args.window_days * 86400)
+        )
+        print(format_report(report), flush=True)
     else:
         asyncio.run(_run_one(args.command, args.bind))
     return 0

@@ -47,6 +47,7 @@ class Stack:
     edge_port: int = 8000
     admin_token: str = ""
     uri_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    edge_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     provider: PaymentProvider | None = None
     upstream_url: str | None = None
     origin_options: dict[str, Any] = field(default_factory=dict)
@@ -64,22 +65,26 @@ class Stack:
         return f"http://{self.host}:{self.edge_port}"
 
     def origin_settings(self) -> OriginSettings:
-        return OriginSettings(
-            database_url=f"sqlite+aiosqlite:///{self.data_dir / 'origin.db'}",
-            admin_token=self.admin_token,
-            edge_public_url=self.edge_url,
-            edge_urls=(self.edge_url,),
+        options: dict[str, Any] = {
+            "database_url": f"sqlite+aiosqlite:///{self.data_dir / 'origin.db'}",
+            "admin_token": self.admin_token,
+            "edge_public_url": self.edge_url,
+            "edge_urls": (self.edge_url,),
+            "edge_token": self.edge_token,
             **self.origin_options,
-        )
+        }
+        return OriginSettings(**options)
 
     def edge_settings(self) -> EdgeSettings:
-        return EdgeSettings(
-            origin_url=self.origin_url,
-            media_root=None if self.upstream_url else self.media_root,
-            upstream_url=self.upstream_url,
-            uri_secrets=[self.uri_secret],
+        options: dict[str, Any] = {
+            "origin_url": self.origin_url,
+            "media_root": None if self.upstream_url else self.media_root,
+            "upstream_url": self.upstream_url,
+            "uri_secrets": [self.uri_secret],
+            "origin_token": self.edge_token,
             **self.edge_options,
-        )
+        }
+        return EdgeSettings(**options)
 
     async def run(self, shutdown: asyncio.Event, seed: bool = True) -> None:
         """Start the origin, seed the catalog, start the edge; stop on ``shutdown``."""

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from shared import problems
@@ -31,7 +31,7 @@ def problem_response(request: Request, problem: Problem) -> Response:
 
 
 def problem_handlers(logger: logging.Logger) -> dict[type[Exception], ExceptionHandler]:
-    """Return Starlette exception handlers that answer with problem details."""
+    """Return Starlette exception handlers that respond with problem details."""
 
     async def handle_problem(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, Problem):
@@ -42,13 +42,23 @@ def problem_handlers(logger: logging.Logger) -> dict[type[Exception], ExceptionH
         if not isinstance(exc, HTTPException):
             raise exc
         kind = _HTTP_STATUS_PROBLEMS.get(exc.status_code, problems.INVALID_REQUEST)
-        return problem_response(request, Problem(kind, exc.detail))
+        # Keep headers such as Allow, which a 405 must carry.
+        headers = dict(exc.headers or {})
+        return problem_response(request, Problem(kind, exc.detail, headers=headers))
 
     async def handle_error(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(request, Problem(problems.INTERNAL))
 
+    async def handle_disconnect(request: Request, exc: Exception) -> Response:
+        # The client left while sending its body, so no one reads this response.
+        logger.info(
+            "client disconnected during %s %s", request.method, request.url.path
+        )
+        return Response(status_code=400)
+
     return {
+        ClientDisconnect: handle_disconnect,
         Problem: handle_problem,
         HTTPException: handle_http_exception,
         Exception: handle_error,

@@ -57,6 +57,12 @@ IDEMPOTENCY_KEY_REUSED = ProblemType(
     "idempotency-key-reused", 422, "Idempotency-Key was used with another body"
 )
 UNPROCESSABLE = ProblemType("unprocessable", 422, "Request cannot be processed")
+UNSUPPORTED_MEDIA_TYPE = ProblemType(
+    "unsupported-media-type", 415, "Unsupported media type"
+)
+RANGE_NOT_SATISFIABLE = ProblemType(
+    "range-not-satisfiable", 416, "Range not satisfiable"
+)
 PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", 413, "Payload too large")
 UPSTREAM_UNAVAILABLE = ProblemType(
     "upstream-unavailable", 502, "Upstream is unavailable"

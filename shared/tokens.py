@@ -45,6 +45,9 @@ class PlaybackClaims:
     entitled: bool
     entitlement_version: int
     preview_seconds: float
+    # The kid of the key that signed the playback token, set by the edge that
+    # verified it; not a claim of the token itself.
+    key_id: str = ""
 
     def to_jwt_claims(self, issued_at: int) -> dict[str, Any]:
         return {

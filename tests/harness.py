@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -19,6 +20,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from edge import create_app as create_edge
 from segmentgate.serving import start_server, wait_until_healthy
 from segmentgate.stack import Stack
 
@@ -156,28 +158,16 @@ class RunningStack:
         self._loop.stop()
 
 
-class MediaServer:
-    """A plain static HTTP server for media, recording every request path.
+class ServedApp:
+    """An ASGI app under hypercorn on 127.0.0.1, in a background thread."""
 
-    It stands for a CDN or packager behind the edge, so tests can check that
-    a rejected request never reached the upstream.
-    """
-
-    def __init__(self, root: Path = MEDIA_ROOT) -> None:
-        self.port = free_port()
-        self.requests: list[str] = []
-        static = Starlette(routes=[Mount("/", StaticFiles(directory=root))])
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
-                query = scope.get("query_string", b"").decode("latin-1")
-                self.requests.append(scope["path"] + (f"?{query}" if query else ""))
-            await static(scope, receive, send)
+    def __init__(self, app: Any, port: int, health_path: str) -> None:
+        self.port = port
+        self.app = app
 
         async def main(shutdown: asyncio.Event, ready: asyncio.Event) -> None:
-            task = start_server(app, f"127.0.0.1:{self.port}", shutdown.wait)
-            await wait_until_healthy(f"{self.url}/trailer/index.m3u8")
-            self.requests.clear()
+            task = start_server(app, f"127.0.0.1:{port}", shutdown.wait)
+            await wait_until_healthy(self.url + health_path)
             ready.set()
             await task
 
@@ -187,7 +177,7 @@ class MediaServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> MediaServer:
+    def start(self) -> ServedApp:
         self._loop.start()
         return self
 
@@ -195,16 +185,42 @@ class MediaServer:
         self._loop.stop()
 
 
+class MediaServer(ServedApp):
+    """A plain static HTTP server for media, recording every request path.
+
+    It stands for a CDN or packager behind the edge, so tests can check that
+    a rejected request never reached the upstream.
+    """
+
+    def __init__(self, root: Path = MEDIA_ROOT) -> None:
+        self.requests: list[str] = []
+        static = Starlette(routes=[Mount("/", StaticFiles(directory=root))])
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                query = scope.get("query_string", b"").decode("latin-1")
+                self.requests.append(scope["path"] + (f"?{query}" if query else ""))
+            await static(scope, receive, send)
+
+        super().__init__(app, free_port(), "/trailer/index.m3u8")
+
+    def start(self) -> MediaServer:
+        super().start()
+        self.requests.clear()
+        return self
+
+
 @contextlib.contextmanager
-def running_stack(data_dir: Path, **options: object) -> Iterator[RunningStack]:
-    stack = Stack(
-        media_root=MEDIA_ROOT,
-        data_dir=data_dir,
-        origin_port=free_port(),
-        edge_port=free_port(),
-        admin_token="test-admin-token",
-        **options,  # type: ignore[arg-type]
-    )
+def running_stack(data_dir: Path, **options: Any) -> Iterator[RunningStack]:
+    """Run an origin and an edge on free ports; ``options`` go to :class:`Stack`."""
+    settings: dict[str, Any] = {
+        "media_root": MEDIA_ROOT,
+        "origin_port": free_port(),
+        "edge_port": free_port(),
+        "admin_token": "test-admin-token",
+        **options,
+    }
+    stack = Stack(data_dir=data_dir, **settings)
     running = RunningStack(stack).start()
     try:
         yield running
@@ -279,3 +295,103 @@ def raw_get(base_url: str, target: bytes, headers: bytes = b"") -> tuple[int, by
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+class FaultProxy:
+    """A TCP proxy in front of the origin that can fail on demand.
+
+    Modes: ``pass`` forwards bytes; ``refuse`` closes every new connection
+    at once (the origin is down); ``hang`` accepts and never answers (the
+    origin is overloaded); ``error`` answers every request with 503. A mode
+    change also closes the connections already open, as a restart would.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self.mode = "pass"
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+
+        async def main(shutdown: asyncio.Event, ready: asyncio.Event) -> None:
+            self._loop_ref = asyncio.get_running_loop()
+            server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+            ready.set()
+            async with server:
+                await shutdown.wait()
+            self._close_all()
+
+        self._loop = BackgroundLoop(main)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        self._loop.start()
+        return self
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    def set_mode(self, mode: str) -> None:
+        assert mode in ("pass", "refuse", "hang", "error")
+        self.mode = mode
+        if self._loop_ref is not None:
+            self._loop_ref.call_soon_threadsafe(self._close_all)
+
+    def _close_all(self) -> None:
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    async def _handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        mode = self.mode
+        self._writers.add(writer)
+        try:
+            if mode == "refuse":
+                return
+            if mode == "hang":
+                await reader.read()  # until the client gives up
+                return
+            if mode == "error":
+                await reader.readuntil(b"\r\n\r\n")
+                body = b'{"status": 503}'
+                writer.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                    b"application/json\r\nConnection: close\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\n\r\n" + body
+                )  # fmt: skip
+                await writer.drain()
+                return
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
+            self._writers.add(upstream_writer)
+
+            async def pipe(
+                source: asyncio.StreamReader, sink: asyncio.StreamWriter
+            ) -> None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    while data := await source.read(65536):
+                        sink.write(data)
+                        await sink.drain()
+                sink.close()
+
+            await asyncio.gather(
+                pipe(reader, upstream_writer), pipe(upstream_reader, writer)
+            )
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+
+class ExtraEdge(ServedApp):
+    """One more edge for a running stack, sharing its URI secret."""
+
+    def __init__(self, stack: Stack, port: int) -> None:
+        super().__init__(create_edge(stack.edge_settings()), port, "/_edge/healthz")

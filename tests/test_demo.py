@@ -52,6 +52,7 @@ def test_demo_prints_working_steps_and_stops_on_interrupt() -> None:
                 headers={
                     "Authorization": f"Bearer {viewer_token}",
                     "Idempotency-Key": "demo-1",
+                    "Content-Type": "application/json",
                 },
                 content=b'{"content_id": "sample", "payment_method": "pm_card_visa"}',
             )

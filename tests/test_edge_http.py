@@ -257,3 +257,53 @@ def test_preview_byte_range_segment_reads_only_its_range(
     ):
         response = edge.get(SEGMENT, params={"sg": token}, headers=header)
         assert_problem(response, 402, "preview-ended")
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=50-10", "items=0-5", "bytes=abc", "bytes=-", "bytes="]
+)
+def test_invalid_range_is_ignored(
+    edge: httpx.Client, buyer: Viewer, header: str
+) -> None:
+    bearer = {"Authorization": f"Bearer {buyer.session()['token']}"}
+    size = (MEDIA_ROOT / SEGMENT.lstrip("/")).stat().st_size
+    response = edge.get(SEGMENT, headers={**bearer, "Range": header})
+    assert response.status_code == 200
+    assert len(response.content) == size
+
+
+def test_unsatisfiable_range_is_a_problem(edge: httpx.Client, buyer: Viewer) -> None:
+    bearer = {"Authorization": f"Bearer {buyer.session()['token']}"}
+    size = (MEDIA_ROOT / SEGMENT.lstrip("/")).stat().st_size
+    response = edge.get(SEGMENT, headers={**bearer, "Range": f"bytes={size + 5}-"})
+    assert_problem(response, 416, "range-not-satisfiable")
+    assert response.headers["content-range"] == f"bytes */{size}"
+
+
+def test_media_is_privately_cacheable(edge: httpx.Client, buyer: Viewer) -> None:
+    bearer = {"Authorization": f"Bearer {buyer.session()['token']}"}
+    assert edge.get(SEGMENT, headers=bearer).headers["cache-control"] == (
+        "private, max-age=86400"
+    )
+
+
+def test_wrong_method_lists_allowed(edge: httpx.Client) -> None:
+    response = edge.post(SEGMENT)
+    assert_problem(response, 405, "method-not-allowed")
+    assert "GET" in response.headers["allow"]
+
+
+def test_warm_segment_path_never_asks_the_origin(
+    edge: httpx.Client, stack: RunningStack, buyer: Viewer
+) -> None:
+    link = stack.stack.edge_app.state.edge.link  # type: ignore[union-attr]
+    master = edge.get(str(buyer.session()["playlist_url"]))
+    media = edge.get(str(master.url.join(uri_lines(master.text)[-1])))
+    segment = str(media.url.join(uri_lines(media.text)[5]))
+    assert edge.get(segment).status_code == 200  # warms every cache
+    before = link.requests.copy()
+    for _ in range(300):
+        assert edge.get(segment, headers={"Range": "bytes=0-187"}).status_code == 206
+    made = link.requests - before
+    # Only the timed feed poll may run meanwhile; no request depends on traffic.
+    assert set(made) <= {"/v1/events"}

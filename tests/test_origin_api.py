@@ -226,3 +226,69 @@ def test_jwks_publishes_public_keys_only(origin: httpx.Client) -> None:
 def test_unknown_route_and_method_are_problems(origin: httpx.Client) -> None:
     assert_problem(origin.get("/v1/nothing"), 404, "not-found")
     assert_problem(origin.delete("/v1/catalog"), 405, "method-not-allowed")
+
+
+@pytest.mark.parametrize(
+    ("body", "slug"),
+    [
+        (b"[" * 30_000 + b"]" * 30_000, "invalid-request"),
+        (b'{"content_id": ' + b"9" * 60_000 + b"}", "invalid-request"),
+        (b'{"content_id": "sample", "content_id": "trailer"}', "invalid-request"),
+        (b"\xff\xfe{}", "invalid-request"),
+    ],
+)
+def test_hostile_json_is_400(viewer: Viewer, body: bytes, slug: str) -> None:
+    response = viewer.client.post(
+        "/v1/playback-sessions",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(response, 400, slug)
+
+
+def test_other_media_types_are_415(viewer: Viewer) -> None:
+    response = viewer.client.post(
+        "/v1/playback-sessions",
+        content=b"content_id=sample",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_problem(response, 415, "unsupported-media-type")
+
+
+def test_large_declared_body_is_413_before_reading(viewer: Viewer) -> None:
+    def endless():
+        yield b"{"
+        while True:
+            yield b" " * 65536
+
+    response = viewer.client.post(
+        "/v1/playback-sessions",
+        content=endless(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(response, 413, "payload-too-large")
+
+
+@pytest.mark.parametrize("amount", ["4.999", "\u0664.99", "1e3", "0.00"])
+def test_prices_are_strict(origin: httpx.Client, amount: str) -> None:
+    body = {
+        "title": "X",
+        "entry": "master.m3u8",
+        "policy": {"kind": "purchase", "price": {"amount": amount, "currency": "EUR"}},
+    }
+    response = origin.put(
+        "/v1/admin/content/x",
+        json=body,
+        headers={"Authorization": "Bearer test-admin-token"},
+    )
+    assert_problem(response, 400, "invalid-request")
+
+
+def test_event_feed_needs_the_edge_token(
+    origin: httpx.Client, stack: RunningStack
+) -> None:
+    assert_problem(origin.get("/v1/events"), 401, "unauthorized")
+    bearer = {"Authorization": f"Bearer {stack.stack.edge_token}"}
+    response = origin.get("/v1/events", headers=bearer)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/jwt")

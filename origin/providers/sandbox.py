@@ -1,23 +1,51 @@
 """A built-in payment provider for development, demos and tests.
 
-Payment methods are named like the test tokens that payment providers
-publish: ``pm_card_visa`` and ``pm_card_mastercard`` succeed,
-``pm_card_chargeDeclined`` is declined at authorization, and
-``pm_card_chargeDeclinedInsufficientFunds`` is declined for lack of funds.
-State lives in memory, as it would on the provider's side.
+It behaves like Stripe's PaymentIntents API with manual capture, and takes
+Stripe's test payment methods:
+
+==========================================  =====================================
+``pm_card_visa``, ``_mastercard``, ``_amex``  authorized, then captured
+``pm_card_chargeDeclined``                  declined (``generic_decline``)
+``pm_card_chargeDeclinedInsufficientFunds``  declined (``insufficient_funds``)
+``pm_card_chargeDeclinedExpiredCard``       declined (``expired_card``)
+``pm_card_authenticationRequired``          ``requires_action``: needs 3D Secure
+==========================================  =====================================
+
+Authorizations lapse after ``authorization_seconds`` (Stripe's default is
+seven days), when the intent becomes ``canceled`` with the reason
+``automatic``. Results are kept per idempotency key, as Stripe keeps them,
+so a retry with the same key replays the first response. State lives in
+memory, or in a JSON file when ``state_path`` is set, so that it outlives
+the origin process as a real provider's state would.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
-from dataclasses import dataclass
-from decimal import Decimal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from origin.providers.base import (
+    CANCELED,
+    REQUIRES_ACTION,
+    REQUIRES_CAPTURE,
+    REQUIRES_CONFIRMATION,
+    REQUIRES_PAYMENT_METHOD,
+    SUCCEEDED,
+    IntentRequest,
     PaymentDeclined,
+    PaymentIntent,
     PaymentProviderError,
+    PaymentStateError,
+    Refund,
     UnknownPaymentMethod,
+    to_minor_units,
 )
+from origin.providers.faults import SandboxFaults
 
 APPROVED = frozenset({"pm_card_visa", "pm_card_mastercard", "pm_card_amex"})
 DECLINED = {
@@ -25,64 +53,227 @@ DECLINED = {
     "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
     "pm_card_chargeDeclinedExpiredCard": "expired_card",
 }
-
-
-@dataclass
-class _Intent:
-    amount: Decimal
-    currency: str
-    payment_method: str
-    status: str = "requires_authorization"
+AUTHENTICATION_REQUIRED = frozenset({"pm_card_authenticationRequired"})
+KNOWN_PAYMENT_METHODS = APPROVED | DECLINED.keys() | AUTHENTICATION_REQUIRED
+CANCELABLE = frozenset(
+    {REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION, REQUIRES_ACTION, REQUIRES_CAPTURE}
+)
+SEVEN_DAYS = 7 * 24 * 3600.0
 
 
 class SandboxProvider:
     name = "sandbox"
 
-    def __init__(self) -> None:
-        self._intents: dict[str, _Intent] = {}
-        self._by_idempotency_key: dict[str, str] = {}
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        authorization_seconds: float = SEVEN_DAYS,
+        faults: SandboxFaults | None = None,
+        state_path: Path | None = None,
+    ) -> None:
+        self.faults = faults or SandboxFaults()
+        self._clock = clock
+        self._authorization_seconds = authorization_seconds
+        self._state_path = state_path
+        self._intents: dict[str, dict[str, Any]] = {}
+        self._results: dict[str, dict[str, Any]] = {}
+        if state_path is not None and state_path.exists():
+            state = json.loads(state_path.read_text())
+            self._intents = state["intents"]
+            self._results = state["results"]
 
     async def create_intent(
-        self, amount: Decimal, currency: str, payment_method: str, idempotency_key: str
-    ) -> str:
-        if payment_method not in APPROVED and payment_method not in DECLINED:
-            raise UnknownPaymentMethod(payment_method)
-        existing = self._by_idempotency_key.get(idempotency_key)
-        if existing is not None:
-            return existing
-        intent_id = "pi_sandbox_" + secrets.token_hex(12)
-        self._intents[intent_id] = _Intent(amount, currency, payment_method)
-        self._by_idempotency_key[idempotency_key] = intent_id
-        return intent_id
+        self, request: IntentRequest, idempotency_key: str
+    ) -> PaymentIntent:
+        if request.payment_method not in KNOWN_PAYMENT_METHODS:
+            raise UnknownPaymentMethod(request.payment_method)
+        amount = to_minor_units(request.amount, request.currency)
+        params = [amount, request.currency.lower(), request.payment_method]
 
-    def _intent(self, intent_id: str, *expected: str) -> _Intent:
+        def create() -> dict[str, Any]:
+            intent_id = "pi_sandbox_" + secrets.token_hex(12)
+            self._intents[intent_id] = {
+                "id": intent_id,
+                "status": REQUIRES_CONFIRMATION,
+                "amount": amount,
+                "currency": request.currency.lower(),
+                "payment_method": request.payment_method,
+                "purchase_id": request.purchase_id,
+                "capture_before": None,
+                "amount_received": 0,
+                "amount_refunded": 0,
+                "cancellation_reason": None,
+                "decline_code": None,
+                "captures": 0,
+                "refunds": 0,
+            }
+            return self._intents[intent_id]
+
+        result = await self._call("create_intent", idempotency_key, params, create)
+        return _intent(result)
+
+    async def authorize(self, intent_id: str, idempotency_key: str) -> PaymentIntent:
+        def confirm() -> dict[str, Any]:
+            intent = self._expect(intent_id, REQUIRES_CONFIRMATION)
+            method = intent["payment_method"]
+            if method in DECLINED:
+                intent["status"] = REQUIRES_PAYMENT_METHOD
+                intent["decline_code"] = DECLINED[method]
+                raise PaymentDeclined(DECLINED[method], "Your card was declined.")
+            if method in AUTHENTICATION_REQUIRED:
+                intent["status"] = REQUIRES_ACTION
+                return intent
+            intent["status"] = REQUIRES_CAPTURE
+            intent["capture_before"] = self._clock() + self._authorization_seconds
+            return intent
+
+        result = await self._call("authorize", idempotency_key, [intent_id], confirm)
+        return _intent(result)
+
+    async def capture(self, intent_id: str, idempotency_key: str) -> PaymentIntent:
+        def capture() -> dict[str, Any]:
+            intent = self._expect(intent_id, REQUIRES_CAPTURE)
+            intent["status"] = SUCCEEDED
+            intent["amount_received"] = intent["amount"]
+            intent["captures"] += 1
+            return intent
+
+        result = await self._call("capture", idempotency_key, [intent_id], capture)
+        return _intent(result)
+
+    async def void(self, intent_id: str, idempotency_key: str) -> PaymentIntent:
+        def cancel() -> dict[str, Any]:
+            intent = self._expect(intent_id, *CANCELABLE)
+            intent["status"] = CANCELED
+            intent["cancellation_reason"] = "requested_by_customer"
+            return intent
+
+        result = await self._call("void", idempotency_key, [intent_id], cancel)
+        return _intent(result)
+
+    async def refund(self, intent_id: str, idempotency_key: str) -> Refund:
+        def refund() -> dict[str, Any]:
+            intent = self._expect(intent_id, SUCCEEDED)
+            if intent["amount_refunded"]:
+                raise PaymentStateError(
+                    f"charge of {intent_id} has already been refunded", SUCCEEDED
+                )
+            intent["amount_refunded"] = intent["amount_received"]
+            intent["refunds"] += 1
+            return {
+                "id": "re_sandbox_" + secrets.token_hex(12),
+                "status": SUCCEEDED,
+                "amount": intent["amount_refunded"],
+            }
+
+        result = await self._call("refund", idempotency_key, [intent_id], refund)
+        return Refund(result["id"], result["status"], result["amount"])
+
+    async def retrieve(self, intent_id: str) -> PaymentIntent:
+        await self.faults.before("retrieve")
+        intent = self._load(intent_id)
+        await self.faults.after("retrieve")
+        return _intent(intent)
+
+    async def aclose(self) -> None:
+        return None
+
+    def intents_for(self, purchase_id: str) -> list[dict[str, Any]]:
+        """Return copies of the purchase's intents, with effect counters.
+
+        ``captures`` and ``refunds`` count how often a capture or refund
+        took effect, so tests can check that none happened twice.
+        """
+        return [
+            dict(self._load(intent["id"]))
+            for intent in list(self._intents.values())
+            if intent["purchase_id"] == purchase_id
+        ]
+
+    async def _call(
+        self,
+        operation: str,
+        idempotency_key: str,
+        params: list[Any],
+        action: Callable[[], dict[str, Any]],
+    ) -> dict[str, Any]:
+        stored = self._results.get(idempotency_key)
+        if stored is not None:
+            return _replay(stored, operation, params, idempotency_key)
+        await self.faults.before(operation)
+        try:
+            result = dict(action())
+        except PaymentDeclined as exc:
+            self._results[idempotency_key] = {
+                "operation": operation,
+                "params": params,
+                "declined": [exc.decline_code, str(exc)],
+            }
+            self._save()
+            raise
+        self._results[idempotency_key] = {
+            "operation": operation,
+            "params": params,
+            "result": result,
+        }
+        self._save()
+        await self.faults.after(operation)
+        return result
+
+    def _load(self, intent_id: str) -> dict[str, Any]:
         intent = self._intents.get(intent_id)
         if intent is None:
-            raise PaymentProviderError(f"no payment intent {intent_id}")
-        if intent.status not in expected:
-            raise PaymentProviderError(
-                f"payment intent {intent_id} is {intent.status}, "
-                f"expected {' or '.join(expected)}"
+            raise PaymentStateError(f"no such payment intent: {intent_id!r}")
+        expires = intent["capture_before"]
+        if intent["status"] == REQUIRES_CAPTURE and self._clock() >= expires:
+            intent["status"] = CANCELED
+            intent["cancellation_reason"] = "automatic"
+            self._save()
+        return intent
+
+    def _expect(self, intent_id: str, *statuses: str) -> dict[str, Any]:
+        intent = self._load(intent_id)
+        if intent["status"] not in statuses:
+            raise PaymentStateError(
+                f"payment intent {intent_id} is {intent['status']}, "
+                f"expected {' or '.join(statuses)}",
+                intent["status"],
             )
         return intent
 
-    async def authorize(self, intent_id: str) -> None:
-        intent = self._intent(intent_id, "requires_authorization", "authorized")
-        decline_code = DECLINED.get(intent.payment_method)
-        if decline_code is not None:
-            intent.status = "declined"
-            raise PaymentDeclined(decline_code, "the card was declined")
-        intent.status = "authorized"
+    def _save(self) -> None:
+        if self._state_path is None:
+            return
+        temporary = self._state_path.with_suffix(".tmp")
+        temporary.write_text(
+            json.dumps({"intents": self._intents, "results": self._results})
+        )
+        os.replace(temporary, self._state_path)
 
-    async def capture(self, intent_id: str) -> None:
-        self._intent(intent_id, "authorized", "captured").status = "captured"
 
-    async def void(self, intent_id: str) -> None:
-        self._intent(intent_id, "authorized", "voided").status = "voided"
+def _replay(
+    stored: dict[str, Any], operation: str, params: list[Any], key: str
+) -> dict[str, Any]:
+    if stored["operation"] != operation or stored["params"] != params:
+        raise PaymentProviderError(
+            f"idempotency key {key!r} was used for another request"
+        )
+    if "declined" in stored:
+        decline_code, message = stored["declined"]
+        raise PaymentDeclined(decline_code, message)
+    return dict(stored["result"])
 
-    async def refund(self, intent_id: str) -> None:
-        self._intent(intent_id, "captured", "refunded").status = "refunded"
 
-    def status(self, intent_id: str) -> str:
-        """Return the intent's status, for tests that check the provider's side."""
-        return self._intents[intent_id].status
+def _intent(data: dict[str, Any]) -> PaymentIntent:
+    return PaymentIntent(
+        id=data["id"],
+        status=data["status"],
+        amount=data["amount"],
+        currency=data["currency"],
+        amount_received=data["amount_received"],
+        amount_refunded=data["amount_refunded"],
+        capture_before=data["capture_before"],
+        cancellation_reason=data["cancellation_reason"],
+        decline_code=data["decline_code"],
+    )

@@ -1,0 +1,97 @@
+"""``segmentgate keys`` and ``segmentgate catalog``: the admin API from a shell.
+
+Both talk to the origin at ``SEGMENTGATE_ORIGIN_URL`` (default
+``http://127.0.0.1:8100``) with the admin token in ``SEGMENTGATE_ADMIN_TOKEN``
+and print the origin's JSON response. Errors print the problem details and
+exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from typing import Any
+
+import httpx
+
+
+def add_commands(commands: Any) -> None:
+    """Register the ``keys`` and ``catalog`` subcommands on ``commands``."""
+    keys = commands.add_parser("keys", help="list, rotate or revoke signing keys")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("list", help="every key with its state")
+    key_actions.add_parser(
+        "rotate", help="publish a new key; it signs after the publish delay"
+    )
+    revoke = key_actions.add_parser(
+        "revoke", help="stop accepting a key at once, everywhere"
+    )
+    revoke.add_argument("kid", help="the key id, as 'keys list' shows it")
+
+    catalog = commands.add_parser("catalog", help="list, publish or withdraw content")
+    catalog_actions = catalog.add_subparsers(dest="action", required=True)
+    catalog_actions.add_parser("list", help="the published content items")
+    put = catalog_actions.add_parser("put", help="create or replace a content item")
+    put.add_argument("content_id")
+    put.add_argument("--title", required=True)
+    put.add_argument("--entry", default="master.m3u8", help="entry playlist")
+    put.add_argument(
+        "--price", nargs=2, metavar=("AMOUNT", "CURRENCY"),
+        help="sell it, for example --price 4.99 EUR; without it the item is free",
+    )  # fmt: skip
+    put.add_argument("--preview", type=float, default=0, help="preview seconds")
+    put.add_argument(
+        "--offline", choices=("open", "closed"),
+        help="what edges do once they lose the origin past their grace period",
+    )  # fmt: skip
+    withdraw = catalog_actions.add_parser("withdraw", help="stop serving an item")
+    withdraw.add_argument("content_id")
+
+
+def run(args: argparse.Namespace) -> int:
+    token = os.environ.get("SEGMENTGATE_ADMIN_TOKEN", "")
+    if not token:
+        print("error: set SEGMENTGATE_ADMIN_TOKEN to an admin token", file=sys.stderr)
+        return 2
+    base_url = os.environ.get("SEGMENTGATE_ORIGIN_URL", "http://127.0.0.1:8100")
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=10) as client:
+        try:
+            response = _request(client, args)
+        except httpx.HTTPError as exc:
+            print(f"error: the origin at {base_url} failed: {exc}", file=sys.stderr)
+            return 1
+    if response.status_code == 204:
+        print(json.dumps({"status": "done"}))
+        return 0
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.is_success else 1
+
+
+def _request(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    once = {"Idempotency-Key": str(uuid.uuid4())}
+    if args.command == "keys":
+        if args.action == "list":
+            return client.get("/v1/admin/keys")
+        if args.action == "rotate":
+            return client.post("/v1/admin/keys/rotate", headers=once)
+        return client.post(f"/v1/admin/keys/{args.kid}/revoke", headers=once)
+    if args.action == "list":
+        return client.get("/v1/catalog")
+    if args.action == "withdraw":
+        return client.delete(f"/v1/admin/content/{args.content_id}")
+    policy: dict[str, Any] = {"kind": "free"}
+    if args.price:
+        amount, currency = args.price
+        policy = {
+            "kind": "purchase",
+            "price": {"amount": amount, "currency": currency},
+            "preview_seconds": args.preview,
+        }
+    if args.offline:
+        policy["offline"] = args.offline
+    body = {"title": args.title, "entry": args.entry, "policy": policy}
+    return client.put(f"/v1/admin/content/{args.content_id}", json=body)
