@@ -242,7 +242,9 @@ async def media(request: Request) -> Response:
         return await _rewritten_playlist(
             request, edge, access, content_id, media_path, delivery
         )
-    return await edge.upstream.media_response(media_path, request)
+    return await edge.upstream.media_response(
+        media_path, request, range_bound=access.range_bound
+    )
 
 
 async def healthz(request: Request) -> Response:
@@ -337,5 +339,8 @@ def create_app(settings: EdgeSettings) -> Starlette:
         lifespan=lifespan,
         exception_handlers=problem_handlers(logger),
     )
+    # A trailing slash is not a path to redirect from: a redirect built from
+    # the Host header could point anywhere.
+    app.router.redirect_slashes = False
     app.state.edge = edge
     return app

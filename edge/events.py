@@ -73,7 +73,7 @@ class EventFollower:
         """Check a batch's signature and shape; raise :class:`InvalidEventBatch`."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            key = await self._keys.get(kid) if isinstance(kid, str) else None
+            key = await self._keys.get_for_events(kid) if isinstance(kid, str) else None
             if key is None:
                 raise InvalidEventBatch("event batch is signed by an unknown key")
             claims = jwt.decode(

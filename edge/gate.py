@@ -28,6 +28,7 @@ from edge.origin_link import OriginLink
 from edge.policies import Policy, PolicyCache
 from edge.upstream import is_playlist
 from edge.uri_tokens import (
+    SCOPE_KEY,
     SCOPE_PLAYLIST,
     SCOPE_SEGMENT,
     InvalidUriToken,
@@ -71,6 +72,9 @@ class Access:
     claims: PlaybackClaims
     scope: str
     session_part: str
+    # Whether only the grant's byte range may be read: conditions that would
+    # turn a range request into a full response (If-Range) must be dropped.
+    range_bound: bool = False
 
 
 class Gate:
@@ -123,7 +127,7 @@ class Gate:
         token = credentials.query[0] if credentials.query else None
         if token is not None and token.count(".") == 3:
             self._check_shape(token)
-            claims, scope = self._verify_uri_token(
+            claims, scope, range_bound = self._verify_uri_token(
                 token, path, credentials.range, policy
             )
         else:
@@ -136,9 +140,10 @@ class Gate:
             self._check_shape(session_token)
             claims = await self._verify_playback_token(session_token)
             scope = self._session_scope(claims, path, policy)
+            range_bound = False
         if claims.content_id != content_id:
             raise Problem(WRONG_CONTENT, f"token is not valid for '{content_id}'")
-        return Access(claims, scope, self._signer.session_part(claims))
+        return Access(claims, scope, self._signer.session_part(claims), range_bound)
 
     def _check_shape(self, token: str) -> None:
         if len(token) > self._max_token_bytes:
@@ -242,7 +247,7 @@ class Gate:
 
     def _verify_uri_token(
         self, token: str, path: str, range_header: str | None, policy: Policy | None
-    ) -> tuple[PlaybackClaims, str]:
+    ) -> tuple[PlaybackClaims, str, bool]:
         try:
             grant = self._signer.verify(token, path)
         except InvalidUriToken as exc:
@@ -253,9 +258,27 @@ class Gate:
                 "the key behind this playback session was revoked; start a new one",
             )
         self._check_session_expiry(grant.claims, policy)
+        range_bound = False
         if grant.scope == SCOPE_SEGMENT:
-            self._check_segment(grant, range_header, policy)
-        return grant.claims, grant.scope
+            range_bound = self._check_segment(grant, range_header, policy)
+        elif grant.scope == SCOPE_KEY and grant.byte_range is not None:
+            range_bound = self._check_init_range(grant, range_header, policy)
+        return grant.claims, grant.scope, range_bound
+
+    def _check_init_range(
+        self, grant: UriGrant, range_header: str | None, policy: Policy | None
+    ) -> bool:
+        """Let a preview read an init segment's byte range, and nothing more."""
+        assert grant.byte_range is not None
+        if self._entitled(grant.claims, policy, strict=False):
+            return False
+        if _range_within(range_header, grant.byte_range):
+            return True
+        raise Problem(
+            PREVIEW_ENDED,
+            "a preview reads only the byte range its playlist lists for this "
+            "init segment; send a Range header inside it",
+        )
 
     def _check_session_expiry(
         self, claims: PlaybackClaims, policy: Policy | None
@@ -269,7 +292,8 @@ class Gate:
 
     def _check_segment(
         self, grant: UriGrant, range_header: str | None, policy: Policy | None
-    ) -> None:
+    ) -> bool:
+        """Allow a segment or raise; return whether only its range may be read."""
         claims = grant.claims
         preview_seconds = (
             policy.preview_seconds if policy is not None else claims.preview_seconds
@@ -279,17 +303,19 @@ class Gate:
             # A preview segment needs no entitlement, so the origin's state
             # does not matter, unless it is a byte range read past its end.
             byte_range = grant.byte_range
-            if byte_range is None or _range_within(range_header, byte_range):
-                return
+            if byte_range is None:
+                return False
+            if _range_within(range_header, byte_range):
+                return not self._entitled(claims, policy, strict=False)
             if self._entitled(claims, policy, strict=False):
-                return
+                return False
             raise Problem(
                 PREVIEW_ENDED,
                 "a preview reads only the byte range its playlist lists for this "
                 "segment; send a Range header inside it",
             )
         if self._entitled(claims, policy, strict=True):
-            return
+            return False
         raise Problem(
             PREVIEW_ENDED,
             f"the preview covers the first {preview_seconds:g} seconds; "

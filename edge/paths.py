@@ -106,7 +106,7 @@ class PathTokenMiddleware:
         path = scope.get("path", "")
         if scope["type"] == "http" and path.startswith(PATH_TOKEN_PREFIX):
             token, slash, rest = path[len(PATH_TOKEN_PREFIX) :].partition("/")
-            if not token or not slash:
+            if not token or not slash or rest.startswith(PATH_TOKEN_PREFIX[1:]):
                 # Malformed: keep the token out of the path that is logged.
                 scope = {**scope, "path": PATH_TOKEN_PREFIX, "raw_path": b"/_sg/"}
             else:

@@ -22,7 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from edge.uri_tokens import SCOPE_KEY, SCOPE_PLAYLIST, SCOPE_SEGMENT, segment_scope
+from edge.uri_tokens import (
+    SCOPE_KEY,
+    SCOPE_PLAYLIST,
+    SCOPE_SEGMENT,
+    key_scope,
+    segment_scope,
+)
 from shared.tokens import TOKEN_PARAM
 
 INTERSTITIAL_CLASS = "com.apple.hls.interstitial"
@@ -35,6 +41,7 @@ INTERSTITIAL_CLASS = "com.apple.hls.interstitial"
 Authorize = Callable[[str, str], str | None]
 
 _UTF8_BOM = b"\xef\xbb\xbf"
+_MAP_TAGS = frozenset({"EXT-X-MAP", "EXT-X-PRELOAD-HINT"})
 _KEY_TAGS = frozenset({"EXT-X-KEY", "EXT-X-SESSION-KEY", "EXT-X-MAP"})
 _PLAYLIST_TAGS = frozenset(
     {
@@ -287,7 +294,13 @@ class PlaylistRewriter:
             uri = content[attribute.value_start : attribute.value_end]
             if not uri:
                 continue
-            if scope == SCOPE_SEGMENT:
+            if scope == SCOPE_KEY and name in _MAP_TAGS:
+                # An init segment cut from a larger file reads only its range.
+                map_range = _attribute_value(content, start, "BYTERANGE")
+                scope = key_scope(
+                    self._resolve_range(uri, _parse_byte_range(map_range))
+                )
+            elif scope == SCOPE_SEGMENT:
                 # A part: its start is known now, its byte range from the tag.
                 part_range = _attribute_value(content, start, "BYTERANGE")
                 byte_range = self._resolve_range(uri, _parse_byte_range(part_range))

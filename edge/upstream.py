@@ -94,17 +94,16 @@ def _satisfiable(first: int | None, last: int | None, size: int) -> bool:
     return first < size
 
 
-class _IgnoringRange(Response):
-    """Send a response as if the request had no Range header."""
+class _WithoutHeaders(Response):
+    """Send a response as if the request lacked some headers."""
 
-    def __init__(self, inner: Response) -> None:
+    def __init__(self, inner: Response, names: set[bytes]) -> None:
         self.inner = inner
+        self.names = names
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [
-            (name, value) for name, value in scope["headers"] if name != b"range"
-        ]
+        headers = [item for item in scope["headers"] if item[0] not in self.names]
         await self.inner({**scope, "headers": headers}, receive, send)
 
 
@@ -113,7 +112,9 @@ class Upstream(Protocol):
         self, path: str, directives: dict[str, str]
     ) -> AsyncIterator[bytes]: ...
 
-    async def media_response(self, path: str, request: Request) -> Response: ...
+    async def media_response(
+        self, path: str, request: Request, *, range_bound: bool = False
+    ) -> Response: ...
 
     async def aclose(self) -> None: ...
 
@@ -143,7 +144,15 @@ class FileUpstream:
             while chunk := await handle.read(CHUNK_SIZE):
                 yield chunk
 
-    async def media_response(self, path: str, request: Request) -> Response:
+    async def media_response(
+        self, path: str, request: Request, *, range_bound: bool = False
+    ) -> Response:
+        """Serve a file, honouring Range.
+
+        With ``range_bound`` the gate allowed one byte range only, so If-Range
+        is dropped: a stale validator would otherwise widen the range to the
+        whole file.
+        """
         target = self._file(path)
         response = FileResponse(
             target, media_type=media_type_for(path), headers=MEDIA_CACHE_HEADERS
@@ -154,7 +163,7 @@ class FileUpstream:
         ranges = parse_byte_ranges(range_header)
         if ranges is None:
             # RFC 9110 section 14.2: a server ignores a Range it cannot parse.
-            return _IgnoringRange(response)
+            return _WithoutHeaders(response, {b"range", b"if-range"})
         size = target.stat().st_size
         if not any(_satisfiable(first, last, size) for first, last in ranges):
             raise Problem(
@@ -162,7 +171,7 @@ class FileUpstream:
                 f"no requested range is inside the {size} bytes of /{path}",
                 headers={"Content-Range": f"bytes */{size}"},
             )
-        return response
+        return _WithoutHeaders(response, {b"if-range"}) if range_bound else response
 
     async def aclose(self) -> None:
         return None
@@ -213,11 +222,15 @@ class HttpUpstream:
         finally:
             await response.aclose()
 
-    async def media_response(self, path: str, request: Request) -> Response:
+    async def media_response(
+        self, path: str, request: Request, *, range_bound: bool = False
+    ) -> Response:
+        # A range-bound grant drops If-Range, which could widen the range.
+        names = ["range", "if-none-match", "if-modified-since"]
+        if not range_bound:
+            names.append("if-range")
         forwarded = {
-            name: request.headers[name]
-            for name in ("range", "if-range", "if-none-match", "if-modified-since")
-            if name in request.headers
+            name: request.headers[name] for name in names if name in request.headers
         }
         response = await self._open(request.method, path, forwarded)
         headers = {

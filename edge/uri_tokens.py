@@ -8,7 +8,8 @@ A URI token binds one resolved media path to one playback session::
 URI of a playlist. ``scope`` is ``p`` (a playlist), ``k`` (a key or init
 segment) or ``s<ms>`` (a media segment starting ``ms`` milliseconds into the
 presentation). A segment that is a byte range of a larger file has the scope
-``s<ms>r<offset>-<length>``. The HMAC-SHA256 signature covers the session, the scope and
+``s<ms>r<offset>-<length>``, and an init segment that is one has
+``kr<offset>-<length>``. The HMAC-SHA256 signature covers the session, the scope and
 the decoded request path, so a token copied to another path, another
 content item or another start time does not verify.
 
@@ -34,6 +35,7 @@ VERSION = "1"
 SCOPE_PLAYLIST = "p"
 SCOPE_KEY = "k"
 SCOPE_SEGMENT = "s"
+_KEY_SCOPE = re.compile(r"kr([0-9]{1,19})-([0-9]{1,19})")
 _SEGMENT_SCOPE = re.compile(r"s([0-9]{1,15})(?:r([0-9]{1,19})-([0-9]{1,19}))?")
 
 
@@ -134,12 +136,24 @@ class UriSigner:
             self._sessions[session_part] = claims
         if scope in (SCOPE_PLAYLIST, SCOPE_KEY):
             return UriGrant(claims, scope, None)
+        key_match = _KEY_SCOPE.fullmatch(scope)
+        if key_match is not None:
+            offset, length = key_match.groups()
+            return UriGrant(claims, SCOPE_KEY, None, (int(offset), int(length)))
         match = _SEGMENT_SCOPE.fullmatch(scope)
         if match is None:
             raise InvalidUriToken("scope is not recognised")
         start, offset, length = match.groups()
         byte_range = (int(offset), int(length)) if offset is not None else None
         return UriGrant(claims, SCOPE_SEGMENT, int(start), byte_range)
+
+
+def key_scope(byte_range: tuple[int, int] | None = None) -> str:
+    """Return the scope text of a key or init segment, with its byte range."""
+    if byte_range is None:
+        return SCOPE_KEY
+    offset, length = byte_range
+    return f"{SCOPE_KEY}r{offset}-{length}"
 
 
 def segment_scope(start_ms: int, byte_range: tuple[int, int] | None = None) -> str:

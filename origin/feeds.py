@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from origin.auth import require_admin
+from origin.auth import bearer_token
 from origin.outbox import read_events
 from origin.state import Origin
 from origin.validation import invalid
+from shared import problems
 from shared.events import EVENTS_MEDIA_TYPE, encode_event_batch
+from shared.problems import Problem
 
 
 async def jwks(request: Request) -> Response:
@@ -28,7 +32,9 @@ async def events(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     # The feed links viewer references to purchases, so only edges read it.
     if origin.settings.edge_token:
-        require_admin(request, origin.settings.edge_token)
+        token = bearer_token(request)
+        if not hmac.compare_digest(token.encode(), origin.settings.edge_token.encode()):
+            raise Problem(problems.FORBIDDEN, "the edge token is not valid")
     after_text = request.query_params.get("after", "0")
     if not after_text.isascii() or not after_text.isdigit() or len(after_text) > 18:
         raise invalid("'after' must be a non-negative integer", "after")

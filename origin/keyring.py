@@ -205,8 +205,9 @@ class KeyRing:
                 )
             else:
                 kid = waiting.kid
-        self.on_event()
+        # Load first, so the relay signs the announcement with the new state.
         await self.load()
+        self.on_event()
         return next(record for record in await self.records() if record.kid == kid)
 
     async def revoke(self, kid: str) -> KeyRecord:
@@ -229,8 +230,9 @@ class KeyRing:
                 logger.warning("revoked key %s (was %s)", kid, row.state)
                 if row.state == CURRENT:
                     await self._promote_next(connection, immediately=True)
-        self.on_event()
+        # Load first, so the relay signs the announcement with the new state.
         await self.load()
+        self.on_event()
         return next(record for record in await self.records() if record.kid == kid)
 
     async def _promote_next(
@@ -281,6 +283,7 @@ class KeyRing:
                     changed |= await self._set_state(
                         connection, row.kid, RETIRING, RETIRED
                     )
+        # Load first, so the relay signs the announcement with the new state.
+        await self.load()
         if changed:
             self.on_event()
-        await self.load()

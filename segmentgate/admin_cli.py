@@ -14,6 +14,7 @@ import os
 import sys
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -78,11 +79,12 @@ def _request(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
             return client.get("/v1/admin/keys")
         if args.action == "rotate":
             return client.post("/v1/admin/keys/rotate", headers=once)
-        return client.post(f"/v1/admin/keys/{args.kid}/revoke", headers=once)
+        kid = quote(args.kid, safe="")
+        return client.post(f"/v1/admin/keys/{kid}/revoke", headers=once)
     if args.action == "list":
         return client.get("/v1/catalog")
     if args.action == "withdraw":
-        return client.delete(f"/v1/admin/content/{args.content_id}")
+        return client.delete(f"/v1/admin/content/{quote(args.content_id, safe='')}")
     policy: dict[str, Any] = {"kind": "free"}
     if args.price:
         amount, currency = args.price
@@ -94,4 +96,4 @@ def _request(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
     if args.offline:
         policy["offline"] = args.offline
     body = {"title": args.title, "entry": args.entry, "policy": policy}
-    return client.put(f"/v1/admin/content/{args.content_id}", json=body)
+    return client.put(f"/v1/admin/content/{quote(args.content_id, safe='')}", json=body)

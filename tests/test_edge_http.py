@@ -307,3 +307,12 @@ def test_warm_segment_path_never_asks_the_origin(
     made = link.requests - before
     # Only the timed feed poll may run meanwhile; no request depends on traffic.
     assert set(made) <= {"/v1/events"}
+
+
+def test_nested_path_tokens_stay_out_of_problems(
+    edge: httpx.Client, buyer: Viewer
+) -> None:
+    token = str(buyer.session()["token"])
+    response = edge.get(f"/_sg/{token}/_sg/{token}/sample/master.m3u8")
+    assert_problem(response, 400, "invalid-path")
+    assert token not in response.text

@@ -245,5 +245,6 @@ def test_cli_manages_keys_and_catalog(fleet: tuple[RunningStack, ExtraEdge]) -> 
     code, put = cli("catalog", "put", "cli-item", "--title", "From the shell",
                     "--price", "3.50", "EUR", "--preview", "5")  # fmt: skip
     assert code == 0 and put["policy"]["price"]["amount"] == "3.50"  # type: ignore[index]
-    code, answer = cli("keys", "revoke", "no-such-kid")
-    assert code == 1 and answer["type"].endswith("not-found")  # type: ignore[index]
+    for kid in ("no-such-kid", "../keys/rotate?x="):
+        code, answer = cli("keys", "revoke", kid)
+        assert code == 1 and answer["type"].endswith("not-found")  # type: ignore[index]
