@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from starlette.applications import Starlette
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge.access_log import AccessLogMiddleware
-from edge.entitlements import EntitlementCache
+from edge.entitlements import NEVER_ENTITLED, EntitlementCache, EntitlementState
 from edge.events import EventFollower, InvalidEventBatch
 from edge.gate import Access, Credentials, Gate
 from edge.keyset import KeySet, KeysUnavailable
@@ -33,6 +34,7 @@ from edge.paths import (
     split_media_path,
 )
 from edge.policies import ContentUnavailable, PolicyCache
+from edge.revalidating import Missing, RevalidatingCache
 from edge.rewriter import InvalidPlaylist, PlaylistRewriter, PlaylistTooLarge
 from edge.settings import EdgeSettings
 from edge.upstream import FileUpstream, HttpUpstream, Upstream, is_playlist
@@ -63,6 +65,16 @@ class Edge:
             reset_timeout=settings.origin_reset_timeout,
         )
         self.keys = KeySet(self._fetch_jwks, settings.jwks_refresh_interval)
+        self.lookups: RevalidatingCache[tuple[str, str], EntitlementState] = (
+            RevalidatingCache(
+                "the entitlement of",
+                self._fetch_entitlement,
+                missing=NEVER_ENTITLED,
+                ttl=settings.policy_ttl,
+                stale_ttl=settings.policy_stale_ttl,
+                negative_ttl=settings.policy_negative_ttl,
+            )
+        )
         self.policies = PolicyCache(
             self._fetch_policy,
             ttl=settings.policy_ttl,
@@ -91,6 +103,7 @@ class Edge:
             max_token_lifetime=settings.max_token_lifetime,
             policies=self.policies,
             link=self.link,
+            lookups=self.lookups,
         )
         self._sync_failures = 0
         self._sync_failure_logged = -float("inf")
@@ -110,6 +123,17 @@ class Edge:
         response = await self.link.get("/v1/events", after=after)
         response.raise_for_status()
         return response.text
+
+    async def _fetch_entitlement(self, key: tuple[str, str]) -> EntitlementState:
+        viewer_ref, content_id = (quote(part, safe="") for part in key)
+        response = await self.link.get(
+            f"/v1/edge/entitlements/{viewer_ref}/{content_id}"
+        )
+        if response.status_code == 404:
+            raise Missing(viewer_ref)
+        response.raise_for_status()
+        body = response.json()
+        return EntitlementState(bool(body["granted"]), int(body["version"]))
 
     async def _fetch_policy(self, content_id: str) -> dict[str, Any]:
         response = await self.link.get(f"/v1/catalog/{content_id}")

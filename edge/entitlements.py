@@ -49,9 +49,20 @@ class EntitlementCache:
         self._states[key] = EntitlementState(event.granted, event.version)
         return True
 
+    def record(self, viewer_ref: str, content_id: str, state: EntitlementState) -> None:
+        """Keep a state read from the origin, if it is newer than what is held."""
+        key = (viewer_ref, content_id)
+        current = self._states.get(key)
+        if current is None or state.version > current.version:
+            self._states[key] = state
+
     def is_entitled(self, claims: PlaybackClaims) -> bool:
         """Decide from the newer of the token's and the edge's records."""
         state = self._states.get((claims.viewer_ref, claims.content_id))
         if state is not None and state.version >= claims.entitlement_version:
             return state.granted
         return claims.entitled
+
+
+# A viewer who never held an entitlement, as the origin's lookup reports it.
+NEVER_ENTITLED = EntitlementState(granted=False, version=0)

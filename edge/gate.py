@@ -22,10 +22,11 @@ from dataclasses import dataclass, replace
 
 import jwt
 
-from edge.entitlements import EntitlementCache
+from edge.entitlements import EntitlementCache, EntitlementState
 from edge.keyset import KeySet, KeysUnavailable
 from edge.origin_link import OriginLink
 from edge.policies import Policy, PolicyCache
+from edge.revalidating import RevalidatingCache
 from edge.upstream import is_playlist
 from edge.uri_tokens import (
     SCOPE_KEY,
@@ -99,6 +100,7 @@ class Gate:
         *,
         policies: PolicyCache | None = None,
         link: OriginLink | None = None,
+        lookups: RevalidatingCache[tuple[str, str], EntitlementState] | None = None,
         leeway_seconds: int = 5,
         max_token_bytes: int = 4096,
         renewal_seconds: float = 0.0,
@@ -109,6 +111,7 @@ class Gate:
         self._entitlements = entitlements
         self._policies = policies
         self._link = link
+        self._lookups = lookups
         self._leeway = leeway_seconds
         self._max_token_bytes = max_token_bytes
         self._renewal = renewal_seconds
@@ -127,7 +130,7 @@ class Gate:
         token = credentials.query[0] if credentials.query else None
         if token is not None and token.count(".") == 3:
             self._check_shape(token)
-            claims, scope, range_bound = self._verify_uri_token(
+            claims, scope, range_bound = await self._verify_uri_token(
                 token, path, credentials.range, policy
             )
         else:
@@ -245,7 +248,7 @@ class Gate:
             )
         return claims
 
-    def _verify_uri_token(
+    async def _verify_uri_token(
         self, token: str, path: str, range_header: str | None, policy: Policy | None
     ) -> tuple[PlaybackClaims, str, bool]:
         try:
@@ -257,7 +260,7 @@ class Gate:
                 TOKEN_EXPIRED,
                 "the key behind this playback session was revoked; start a new one",
             )
-        self._check_session_expiry(grant.claims, policy)
+        await self._check_session_expiry(grant.claims, policy)
         range_bound = False
         if grant.scope == SCOPE_SEGMENT:
             range_bound = self._check_segment(grant, range_header, policy)
@@ -280,12 +283,19 @@ class Gate:
             "init segment; send a Range header inside it",
         )
 
-    def _check_session_expiry(
+    async def _check_session_expiry(
         self, claims: PlaybackClaims, policy: Policy | None
     ) -> None:
         overdue = time.time() - (claims.expires_at + self._leeway)
         if overdue <= 0:
             return
+        if overdue <= self._renewal and self._lookups is not None:
+            # Renewing past the token's lifetime: check with the origin too,
+            # at most once a minute per viewer and content, off the hot path.
+            key = (claims.viewer_ref, claims.content_id)
+            state = await self._lookups.get(key)
+            if state is not None:
+                self._entitlements.record(*key, state)
         if overdue <= self._renewal and self._entitled(claims, policy, strict=False):
             return
         raise Problem(TOKEN_EXPIRED, "the playback session has expired")

@@ -87,7 +87,11 @@ class Stack:
         return EdgeSettings(**options)
 
     async def run(self, shutdown: asyncio.Event, seed: bool = True) -> None:
-        """Start the origin, seed the catalog, start the edge; stop on ``shutdown``."""
+        """Start the origin and the edge, seed the catalog; stop on ``shutdown``.
+
+        The catalog is seeded once the edge runs, so the origin's first pushes
+        reach it instead of starting the relay's backoff.
+        """
         origin_settings = self.origin_settings()
         self.admin_token = origin_settings.admin_token
         self.origin_app = create_origin(origin_settings, self.provider)
@@ -95,13 +99,13 @@ class Stack:
             self.origin_app, f"{self.host}:{self.origin_port}", shutdown.wait
         )
         await wait_until_healthy(f"{self.origin_url}/healthz")
-        if seed:
-            await seed_catalog(self.origin_url, self.admin_token)
         self.edge_app = create_edge(self.edge_settings())
         edge_task = start_server(
             self.edge_app, f"{self.host}:{self.edge_port}", shutdown.wait
         )
         await wait_until_healthy(f"{self.edge_url}/_edge/healthz")
+        if seed:
+            await seed_catalog(self.origin_url, self.admin_token)
         self.ready.set()
         await asyncio.gather(origin_task, edge_task)
 

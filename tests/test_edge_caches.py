@@ -129,7 +129,8 @@ async def test_circuit_opens_after_failures_and_recovers() -> None:
     assert breaker.state == "half-open"
     with pytest.raises(ConnectionError):
         await breaker.call(failing)
-    assert breaker.state == "open" and calls == 4
+    assert breaker.state == "open"
+    assert calls == 4
 
     async def working() -> str:
         return "ok"

@@ -191,7 +191,8 @@ def test_private_keys_are_encrypted_at_rest(
             for row in connection.execute(text("SELECT private_pem FROM signing_keys"))
         ]
     engine.dispose()
-    assert stored and not any("PRIVATE KEY" in value for value in stored)
+    assert stored
+    assert not any("PRIVATE KEY" in value for value in stored)
     audit = httpx.get(
         f"{running.stack.origin_url}/v1/admin/audit", headers=ADMIN
     ).json()
@@ -219,7 +220,8 @@ def test_scoped_admin_tokens(tmp_path_factory: pytest.TempPathFactory) -> None:
         )
         entries = httpx.get(f"{origin}/v1/admin/audit", headers=ADMIN).json()["entries"]
         actors = {entry["actor"] for entry in entries if entry["target"] == "t"}
-        assert len(actors) == 1 and next(iter(actors)).startswith("catalog:")
+        assert len(actors) == 1
+        assert next(iter(actors)).startswith("catalog:")
         assert all("cat-token" not in entry["actor"] for entry in entries)
 
 
@@ -239,12 +241,15 @@ def test_cli_manages_keys_and_catalog(fleet: tuple[RunningStack, ExtraEdge]) -> 
         return result.returncode, json.loads(result.stdout or "null")
 
     code, rotated = cli("keys", "rotate")
-    assert code == 0 and rotated["state"] == "next"  # type: ignore[index]
+    assert code == 0
+    assert rotated["state"] == "next"  # type: ignore[index]
     code, listed = cli("keys", "list")
     assert rotated["kid"] in {key["kid"] for key in listed["keys"]}  # type: ignore[index]
     code, put = cli("catalog", "put", "cli-item", "--title", "From the shell",
                     "--price", "3.50", "EUR", "--preview", "5")  # fmt: skip
-    assert code == 0 and put["policy"]["price"]["amount"] == "3.50"  # type: ignore[index]
+    assert code == 0
+    assert put["policy"]["price"]["amount"] == "3.50"  # type: ignore[index]
     for kid in ("no-such-kid", "../keys/rotate?x="):
         code, answer = cli("keys", "revoke", kid)
-        assert code == 1 and answer["type"].endswith("not-found")  # type: ignore[index]
+        assert code == 1
+        assert answer["type"].endswith("not-found")  # type: ignore[index]
