@@ -14,7 +14,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from origin import admin, catalog, feeds, playback, purchases, viewers
+from origin import (
+    admin,
+    catalog,
+    dlq,
+    feeds,
+    metrics,
+    outbox_admin,
+    playback,
+    purchases,
+    viewers,
+    webhooks,
+)
 from origin.auth import parse_admin_tokens
 from origin.keyring import KeyRing
 from origin.outbox import OutboxRelay
@@ -80,10 +91,11 @@ def create_app(
     relay = OutboxRelay(
         engine,
         keys,
-        settings.edge_urls,
+        (*settings.edge_urls, *([settings.nats_url] if settings.nats_url else [])),
         retention_seconds=settings.event_retention_seconds,
         poll_interval=settings.relay_poll_interval,
         timeout=settings.relay_timeout,
+        fault=settings.relay_fault,
     )
     resilient = ResilientProvider(
         provider or build_provider(settings, clock), settings.provider_calls
@@ -92,6 +104,7 @@ def create_app(
         engine, resilient, relay.notify, policy=settings.saga, clock=clock
     )
     recovery = RecoveryLoop(saga, settings.recovery_interval)
+    processor = webhooks.WebhookProcessor(engine, saga, settings, clock)
     state = Origin(settings, engine, keys, resilient, relay, saga, recovery, clock)
     state.admin_tokens = parse_admin_tokens(settings.admin_token, settings.admin_tokens)
     keys.on_event = relay.notify
@@ -110,11 +123,13 @@ def create_app(
         await keys.load()
         await relay.start()
         recovery.start()
+        processor.start()
         ticker = asyncio.create_task(tick_keys())
         yield
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
+        await processor.stop()
         await recovery.stop()
         await saga.wait_idle()
         await relay.stop()
@@ -129,9 +144,17 @@ def create_app(
         *purchases.routes,
         *feeds.routes,
         *admin.routes,
+        *webhooks.routes,
+        *dlq.routes,
+        *outbox_admin.routes,
+        *metrics.routes,
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers=problem_handlers(logger)
     )
+    # A trailing slash is not a path to redirect from: a redirect built from
+    # the Host header could point anywhere.
+    app.router.redirect_slashes = False
     app.state.origin = state
+    app.state.webhooks = processor
     return app

@@ -53,12 +53,30 @@ class OriginSettings:
     event_retention_seconds: int = MAX_TOKEN_LIFETIME + SESSION_RENEWAL + 600
     relay_poll_interval: float = 1.0
     relay_timeout: float = 5.0
+    # Test hook: block_before_push or block_after_push makes the relay stop
+    # for good at that point, so that a test can kill the process there.
+    relay_fault: str = ""
+    # A NATS server with JetStream that receives every event as a second
+    # destination, e.g. nats://127.0.0.1:4222; empty publishes to edges only.
+    nats_url: str = ""
     payment_provider: str = "sandbox"
     stripe_api_key: str = ""
     stripe_api_url: str = "https://api.stripe.com"
     sandbox_state_path: str = ""
     sandbox_faults: str = ""
     recovery_interval: float = 15.0
+    # Inbound webhook secrets, "provider:secret" pairs separated by commas;
+    # a provider may list several during rotation. Provider "stripe" uses
+    # Stripe-Signature, any other provider the Standard Webhooks headers.
+    webhook_secrets: str = ""
+    webhook_tolerance_seconds: float = 300.0
+    # Failed webhook processing is retried after retry_base, doubling up to
+    # retry_max seconds, and moves to the dead-letter table after
+    # max_attempts tries; retry_interval is the seconds between passes.
+    webhook_retry_base: float = 2.0
+    webhook_retry_max: float = 600.0
+    webhook_max_attempts: int = 8
+    webhook_retry_interval: float = 5.0
     saga: SagaPolicy = field(default_factory=SagaPolicy)
     provider_calls: CallPolicy = field(default_factory=CallPolicy)
 
@@ -83,6 +101,8 @@ class OriginSettings:
                 f"payment_provider must be 'sandbox' or 'stripe', "
                 f"not {self.payment_provider!r}"
             )
+        if self.webhook_max_attempts < 1:
+            raise ValueError("webhook_max_attempts must be at least 1")
         if self.recovery_interval < 0:
             raise ValueError("recovery_interval must be 0 (off) or more seconds")
         if self.event_retention_seconds < MAX_TOKEN_LIFETIME + SESSION_RENEWAL:
@@ -110,6 +130,14 @@ class OriginSettings:
                 env, "SEGMENTGATE_RECOVERY_INTERVAL", cls.recovery_interval
             ),
             saga=saga,
+            webhook_secrets=env.get("SEGMENTGATE_WEBHOOK_SECRETS", ""),
+            relay_fault=env.get("SEGMENTGATE_RELAY_FAULT", ""),
+            nats_url=env.get("SEGMENTGATE_NATS_URL", ""),
+            webhook_tolerance_seconds=_seconds(
+                env,
+                "SEGMENTGATE_WEBHOOK_TOLERANCE_SECONDS",
+                cls.webhook_tolerance_seconds,
+            ),
             database_url=env.get("SEGMENTGATE_DATABASE_URL", cls.database_url),
             admin_token=env.get("SEGMENTGATE_ADMIN_TOKEN", ""),
             edge_token=env.get("SEGMENTGATE_EDGE_TOKEN", ""),

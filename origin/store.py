@@ -201,6 +201,72 @@ relay_cursors = Table(
     Column("seq", Integer, nullable=False),
 )
 
+# Every authentic webhook delivery, duplicates included, for audit. The
+# correlation id names the delivery in logs and responses; headers are
+# stored with signatures and credentials redacted.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("correlation_id", String(64), primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("duplicate", Boolean, nullable=False),
+)
+Index("ix_webhook_deliveries_event", webhook_deliveries.c.event_id)
+
+# One row per provider event: the replay record that makes duplicates
+# harmless, and the work item of the webhook retry loop. status is pending,
+# processed, ignored or dead; correlation_id names the first delivery.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("provider", String(32), primary_key=True),
+    Column("event_id", String(255), primary_key=True),
+    Column("correlation_id", String(64), nullable=False),
+    Column("event_type", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float),
+    Column("last_error", Text),
+    Column("received_at", Float, nullable=False),
+    Column("processed_at", Float),
+)
+Index(
+    "ix_webhook_events_due", webhook_events.c.status, webhook_events.c.next_attempt_at
+)
+
+# Webhook events whose processing failed every retry. Replaying one puts the
+# event back to pending and sets replayed_at here.
+webhook_dead_letters = Table(
+    "webhook_dead_letters",
+    metadata,
+    Column("correlation_id", String(64), primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("event_type", String(128), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("dead_at", Float, nullable=False),
+    Column("replayed_at", Float),
+)
+
+# Outbox batches that an edge rejected with a 4xx answer, so that the relay
+# moved past them for that edge. They wait here until resent.
+relay_parked = Table(
+    "relay_parked",
+    metadata,
+    Column("parked_id", Integer, primary_key=True, autoincrement=True),
+    Column("target", Text, nullable=False),
+    Column("first_seq", Integer, nullable=False),
+    Column("last_seq", Integer, nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("error", Text),
+    Column("parked_at", Float, nullable=False),
+)
+
 
 def _configure_sqlite(dbapi_connection, connection_record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()

@@ -14,6 +14,8 @@ import httpx
 
 from segmentgate.admin_cli import add_commands as add_admin_commands
 from segmentgate.admin_cli import run as run_admin_command
+from segmentgate.events_cli import add_commands as add_events_commands
+from segmentgate.events_cli import run as run_events_command
 from segmentgate.serving import start_server
 from segmentgate.stack import Stack
 
@@ -50,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--bind", default=None, help="host:port to listen on")
 
     add_admin_commands(commands)
+    add_events_commands(commands)
 
     reconcile = commands.add_parser(
         "reconcile",
@@ -185,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run_demo(args))
     elif args.command in ("keys", "catalog"):
         return run_admin_command(args)
+    elif args.command in ("dlq", "outbox"):
+        return run_events_command(args)
     elif args.command == "reconcile":
         from origin import OriginSettings
         from origin.reconcile import format_report, run_reconciliation

@@ -71,6 +71,17 @@ UPSTREAM_INVALID = ProblemType(
     "upstream-invalid", 502, "Upstream sent an invalid playlist"
 )
 INTERNAL = ProblemType("internal", 500, "Internal error")
+WEBHOOK_SIGNATURE_MISSING = ProblemType(
+    "webhook-signature-missing", 400, "Webhook signature is missing"
+)
+WEBHOOK_SIGNATURE_INVALID = ProblemType(
+    "webhook-signature-invalid", 400, "Webhook signature is invalid"
+)
+WEBHOOK_TIMESTAMP_OUT_OF_TOLERANCE = ProblemType(
+    "webhook-timestamp-out-of-tolerance",
+    400,
+    "Webhook timestamp is outside the tolerance window",
+)
 
 
 class Problem(Exception):

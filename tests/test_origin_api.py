@@ -198,7 +198,8 @@ def test_refund_revokes_the_entitlement(viewer: Viewer) -> None:
     assert refunded["status"] == "refunded"
     assert viewer.session()["preview"] is True
     steps = [step["step"] for step in refunded["steps"]]  # type: ignore[union-attr]
-    assert "refund" in steps and "revoke" in steps
+    assert "refund" in steps
+    assert "revoke" in steps
 
 
 def test_other_viewers_purchases_are_not_found(
@@ -219,7 +220,8 @@ def test_other_viewers_purchases_are_not_found(
 
 def test_jwks_publishes_public_keys_only(origin: httpx.Client) -> None:
     keys = origin.get("/.well-known/jwks.json").json()["keys"]
-    assert keys and all(key["kid"] and key["use"] == "sig" for key in keys)
+    assert keys
+    assert all(key["kid"] and key["use"] == "sig" for key in keys)
     assert all("d" not in key for key in keys)
 
 
@@ -292,3 +294,21 @@ def test_event_feed_needs_the_edge_token(
     response = origin.get("/v1/events", headers=bearer)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/jwt")
+
+
+def test_trailing_slash_is_404_not_a_redirect(origin: httpx.Client) -> None:
+    response = origin.get("/v1/catalog/", headers={"Host": "elsewhere.example"})
+    assert_problem(response, 404, "not-found")
+    assert "location" not in response.headers
+
+
+def test_metrics_report_outbox_lag(origin: httpx.Client) -> None:
+    assert_problem(origin.get("/metrics"), 401, "unauthorized")
+    response = origin.get(
+        "/metrics", headers={"Authorization": "Bearer test-admin-token"}
+    )
+    assert response.status_code == 200
+    text = response.text
+    assert "segmentgate_outbox_last_seq " in text
+    assert 'segmentgate_outbox_lag_events{target="http://127.0.0.1:' in text
+    assert "segmentgate_webhook_dead_letters 0.0" in text
