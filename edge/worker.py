@@ -33,6 +33,9 @@ def _app_for(env: Any) -> Any:
     return _app
 
 
+# NOTE: no test runs this adapter in a Workers runtime yet, and module
+# memory is per isolate, so entitlement events reach only isolates that
+# poll the origin's feed.
 async def on_fetch(request: Any, env: Any) -> Any:
     import asgi  # provided by the Workers runtime
 

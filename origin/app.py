@@ -123,6 +123,7 @@ def create_app(
         await keys.load()
         await relay.start()
         recovery.start()
+        await processor.load_stored_secrets(keys.decrypt_text)
         processor.start()
         ticker = asyncio.create_task(tick_keys())
         yield

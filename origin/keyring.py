@@ -113,6 +113,13 @@ class KeyRing:
         """Seconds a cache may keep the JWK set: well inside the publish delay."""
         return max(1, int(self.publish_seconds / 4))
 
+    def encrypt_text(self, text: str) -> str:
+        """Encrypt a secret for the store with the master key."""
+        return self._fernet.encrypt(text.encode()).decode()
+
+    def decrypt_text(self, token: str) -> str:
+        return self._fernet.decrypt(token.encode()).decode()
+
     def _encrypt(self, key: SigningKey) -> str:
         return self._fernet.encrypt(private_key_to_pem(key.private_key)).decode()
 

@@ -1046,7 +1046,7 @@ class PurchaseSaga:
         now = self._clock()
         attempts = purchase.attempts + 1
         logger.warning(
-            "purchase %s: %s got no answer (try %d): %s",
+            "purchase %s: %s got no response (try %d): %s",
             purchase.purchase_id,
             step,
             attempts,

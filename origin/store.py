@@ -73,6 +73,18 @@ signing_keys = Table(
 
 # Every admin action, for audit: who (a token's scope and fingerprint),
 # what, on which target, when.
+# Webhook signing secrets added through the admin API, encrypted with the
+# master key; SEGMENTGATE_WEBHOOK_SECRETS adds more from the environment.
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("secret_id", String(40), primary_key=True),
+    Column("provider", String(64), nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("hint", String(8), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 admin_audit = Table(
     "admin_audit",
     metadata,

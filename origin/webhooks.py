@@ -39,6 +39,7 @@ from origin.store import (
     webhook_dead_letters,
     webhook_deliveries,
     webhook_events,
+    webhook_secrets,
 )
 from origin.validation import read_body
 from origin.webhook_events import InvalidEvent, ProviderEvent, parse_event
@@ -113,12 +114,29 @@ class WebhookProcessor:
         self._saga = saga
         self._settings = settings
         self.clock = clock
-        self.secrets = parse_webhook_secrets(settings.webhook_secrets)
+        self._configured = parse_webhook_secrets(settings.webhook_secrets)
+        self.secrets = dict(self._configured)
         self._task: asyncio.Task[None] | None = None
+        self._stored_loaded_at = -float("inf")
+
+    async def load_stored_secrets(self, decrypt: Callable[[str], str]) -> None:
+        """Merge the secrets in the store with those of the environment."""
+        async with self._engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(webhook_secrets).order_by(webhook_secrets.c.created_at)
+                )
+            ).all()
+        merged = {
+            provider: list(values) for provider, values in self._configured.items()
+        }
+        for row in rows:
+            merged.setdefault(row.provider, []).append(decrypt(row.secret))
+        self.secrets = {provider: tuple(values) for provider, values in merged.items()}
+        self._stored_loaded_at = time.monotonic()
 
     def start(self) -> None:
-        if self.secrets:
-            self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:

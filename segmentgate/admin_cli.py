@@ -1,6 +1,6 @@
-"""``segmentgate keys`` and ``segmentgate catalog``: the admin API from a shell.
+"""The admin API from a shell: ``keys``, ``catalog`` and ``webhook-secrets``.
 
-Both talk to the origin at ``SEGMENTGATE_ORIGIN_URL`` (default
+They talk to the origin at ``SEGMENTGATE_ORIGIN_URL`` (default
 ``http://127.0.0.1:8100``) with the admin token in ``SEGMENTGATE_ADMIN_TOKEN``
 and print the origin's JSON response. Errors print the problem details and
 exit with status 1.
@@ -31,6 +31,21 @@ def add_commands(commands: Any) -> None:
         "revoke", help="stop accepting a key at once, everywhere"
     )
     revoke.add_argument("kid", help="the key id, as 'keys list' shows it")
+
+    secrets = commands.add_parser(
+        "webhook-secrets", help="list, add or remove payment providers' webhook secrets"
+    )
+    secret_actions = secrets.add_subparsers(dest="action", required=True)
+    secret_actions.add_parser(
+        "list", help="every stored secret, by its last characters"
+    )
+    add = secret_actions.add_parser(
+        "add", help="add a secret; the provider's older secrets stay valid"
+    )
+    add.add_argument("provider", help="for example stripe or sandbox")
+    add.add_argument("secret", help="the signing secret, such as whsec_...")
+    remove = secret_actions.add_parser("remove", help="stop accepting a secret")
+    remove.add_argument("secret_id", help="the id that 'webhook-secrets list' shows")
 
     catalog = commands.add_parser("catalog", help="list, publish or withdraw content")
     catalog_actions = catalog.add_subparsers(dest="action", required=True)
@@ -81,6 +96,14 @@ def _request(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
             return client.post("/v1/admin/keys/rotate", headers=once)
         kid = quote(args.kid, safe="")
         return client.post(f"/v1/admin/keys/{kid}/revoke", headers=once)
+    if args.command == "webhook-secrets":
+        if args.action == "list":
+            return client.get("/v1/admin/webhook-secrets")
+        if args.action == "add":
+            body = {"provider": args.provider, "secret": args.secret}
+            return client.post("/v1/admin/webhook-secrets", json=body, headers=once)
+        secret_id = quote(args.secret_id, safe="")
+        return client.delete(f"/v1/admin/webhook-secrets/{secret_id}")
     if args.action == "list":
         return client.get("/v1/catalog")
     if args.action == "withdraw":

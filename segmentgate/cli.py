@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no sample/master.m3u8 under {args.media}; pass --media DIR")
             return 2
         asyncio.run(_run_demo(args))
-    elif args.command in ("keys", "catalog"):
+    elif args.command in ("keys", "catalog", "webhook-secrets"):
         return run_admin_command(args)
     elif args.command in ("dlq", "outbox"):
         return run_events_command(args)

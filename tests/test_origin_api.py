@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
+import standardwebhooks
 
 from tests.harness import PROBLEM_PREFIX, RunningStack, Viewer, assert_problem
 
@@ -312,3 +316,38 @@ def test_metrics_report_outbox_lag(origin: httpx.Client) -> None:
     assert "segmentgate_outbox_last_seq " in text
     assert 'segmentgate_outbox_lag_events{target="http://127.0.0.1:' in text
     assert "segmentgate_webhook_dead_letters 0.0" in text
+
+
+def test_webhook_secrets_are_managed_and_used(origin: httpx.Client) -> None:
+    admin = {"Authorization": "Bearer test-admin-token"}
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    body = b'{"type": "payment_intent.succeeded", "data": {"object": {}}}'
+
+    def deliver() -> httpx.Response:
+        signature = standardwebhooks.Webhook(secret).sign(
+            "msg_1", datetime.now(UTC), body.decode()
+        )
+        headers = {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": str(int(time.time())),
+            "webhook-signature": signature,
+            "Content-Type": "application/json",
+        }
+        return origin.post("/v1/webhooks/sandbox", content=body, headers=headers)
+
+    assert_problem(deliver(), 404, "not-found")
+    added = origin.post(
+        "/v1/admin/webhook-secrets",
+        json={"provider": "sandbox", "secret": secret},
+        headers=admin,
+    )
+    assert added.status_code == 201, added.text
+    assert added.json()["hint"].endswith(secret[-4:])
+    listed = origin.get("/v1/admin/webhook-secrets", headers=admin).json()["secrets"]
+    assert secret not in str(listed)
+    # The signature now verifies; what follows is about the event itself.
+    assert deliver().status_code not in (400, 404)
+    secret_id = added.json()["secret_id"]
+    removed = origin.delete(f"/v1/admin/webhook-secrets/{secret_id}", headers=admin)
+    assert removed.status_code == 204
+    assert_problem(deliver(), 404, "not-found")

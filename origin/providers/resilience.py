@@ -223,7 +223,7 @@ class ResilientProvider:
                     return await call()
             except TimeoutError:
                 raise ProviderTimeout(
-                    f"{self.name} {operation} did not answer within {timeout:g} s"
+                    f"{self.name} {operation} did not respond within {timeout:g} s"
                 ) from None
 
         async for attempt in stamina.retry_context(

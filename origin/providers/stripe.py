@@ -158,7 +158,7 @@ def stripe_error(response: httpx.Response) -> PaymentProviderError:
         error = {}
     kind = error.get("type")
     code = error.get("code")
-    message = error.get("message") or f"Stripe answered {response.status_code}"
+    message = error.get("message") or f"Stripe responded {response.status_code}"
     intent = error.get("payment_intent") or {}
     should_retry = response.headers.get("Stripe-Should-Retry")
 
@@ -175,12 +175,12 @@ def stripe_error(response: httpx.Response) -> PaymentProviderError:
         return ProviderUnavailable(message, retryable=should_retry != "false")
     if response.status_code >= 500:
         return ProviderUnavailable(
-            f"Stripe answered {response.status_code}: {message}",
+            f"Stripe responded {response.status_code}: {message}",
             retryable=should_retry != "false",
         )
     if kind == "invalid_request_error" and response.status_code == 400:
         return InvalidPaymentRequest(message)
-    return PaymentProviderError(f"Stripe answered {response.status_code}: {message}")
+    return PaymentProviderError(f"Stripe responded {response.status_code}: {message}")
 
 
 def parse_intent(body: dict[str, Any]) -> PaymentIntent:
