@@ -451,24 +451,15 @@ class PurchaseSaga:
     async def _capture(self, purchase: Purchase, owner: str) -> bool:
         reason = await self._grant_blocker(purchase)
         if reason is not None:
-            now = self._clock()
-            async with self._engine.begin() as connection:
-                await records.insert_step(
-                    connection,
-                    purchase.purchase_id,
-                    records.CAPTURE,
-                    records.STEP_FAILED,
-                    f"not captured: {reason}",
-                    at=now,
-                )
-                await records.move(
-                    connection,
-                    purchase,
-                    owner,
-                    records.VOIDING,
-                    now,
-                    closing_status=records.FAILED,
-                )
+            await self._record_and_move(
+                purchase,
+                owner,
+                records.CAPTURE,
+                f"not captured: {reason}",
+                records.VOIDING,
+                outcome=records.STEP_FAILED,
+                closing_status=records.FAILED,
+            )
             return True
         intent_id = _intent_id(purchase)
         return await self._provider_step(
@@ -566,24 +557,15 @@ class PurchaseSaga:
 
     async def _expire(self, purchase: Purchase, owner: str) -> bool:
         expired_at = _iso(purchase.authorization_expires_at or self._clock())
-        now = self._clock()
-        async with self._engine.begin() as connection:
-            await records.insert_step(
-                connection,
-                purchase.purchase_id,
-                records.AUTHORIZATION,
-                records.EXPIRED,
-                f"the authorization expired at {expired_at}",
-                at=now,
-            )
-            await records.move(
-                connection,
-                purchase,
-                owner,
-                records.VOIDING,
-                now,
-                closing_status=records.FAILED,
-            )
+        await self._record_and_move(
+            purchase,
+            owner,
+            records.AUTHORIZATION,
+            f"the authorization expired at {expired_at}",
+            records.VOIDING,
+            outcome=records.EXPIRED,
+            closing_status=records.FAILED,
+        )
         return True
 
     async def _void(self, purchase: Purchase, owner: str) -> bool:

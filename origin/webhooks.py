@@ -117,7 +117,6 @@ class WebhookProcessor:
         self._configured = parse_webhook_secrets(settings.webhook_secrets)
         self.secrets = dict(self._configured)
         self._task: asyncio.Task[None] | None = None
-        self._stored_loaded_at = -float("inf")
 
     async def load_stored_secrets(self, decrypt: Callable[[str], str]) -> None:
         """Merge the secrets in the store with those of the environment."""
@@ -133,7 +132,6 @@ class WebhookProcessor:
         for row in rows:
             merged.setdefault(row.provider, []).append(decrypt(row.secret))
         self.secrets = {provider: tuple(values) for provider, values in merged.items()}
-        self._stored_loaded_at = time.monotonic()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
