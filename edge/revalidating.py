@@ -1,4 +1,4 @@
-"""A cache of origin answers with stale-while-revalidate and single flight.
+"""A cache of origin responses with stale-while-revalidate and single flight.
 
 An entry is fresh for ``ttl`` seconds, then served stale for up to
 ``stale_ttl`` more while one background request revalidates it, so a warm

@@ -194,7 +194,11 @@ async def remove_webhook_secret(request: Request) -> Response:
             webhook_secrets.delete().where(webhook_secrets.c.secret_id == secret_id)
         )
         if deleted.rowcount == 0:
-            raise Problem(problems.NOT_FOUND, f"no webhook secret '{secret_id[:40]}'")
+            raise Problem(
+                problems.NOT_FOUND,
+                f"no webhook secret '{secret_id[:40]}'; "
+                "GET /v1/admin/webhook-secrets lists them",
+            )
         await record_audit(connection, actor, "webhook-secrets.remove", secret_id)
     await request.app.state.webhooks.load_stored_secrets(origin.keys.decrypt_text)
     return Response(status_code=204)
