@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cachetools import LRUCache
-from itsdangerous import BadSignature, Signer
+from itsdangerous import BadData, BadSignature, Signer
 from itsdangerous.encoding import base64_decode, base64_encode
 
 from shared.tokens import PlaybackClaims
@@ -122,6 +122,15 @@ class UriSigner:
         if len(parts) != 4 or parts[0] != VERSION:
             raise InvalidUriToken("token format is not recognised")
         _, session_part, scope, signature = parts
+        # Base64 decoders ignore the unused low bits of the last character,
+        # so several strings decode to one signature; accept only the one
+        # this signer writes, so each grant has exactly one token.
+        try:
+            canonical = base64_encode(base64_decode(signature)).decode("ascii")
+        except BadData:
+            canonical = ""
+        if canonical != signature:
+            raise InvalidUriToken("signature is not in canonical base64url")
         signed = f"{VERSION}.{session_part}.{scope}\n{path}"
         try:
             valid = self._signer.verify_signature(signed, signature)

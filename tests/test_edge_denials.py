@@ -147,9 +147,13 @@ def test_tampered_segment_uris_are_403(edge: httpx.Client, viewer: Viewer) -> No
     rewound = f"{version}.{session}.s0.{signature}"
     response = edge.get("/sample/v180/seg_001.ts", params={"sg": rewound})
     assert_edge_problem(response, 403, "token-invalid")
-    # One character of the signature changed.
-    last = "A" if signature[-1] != "A" else "B"
-    bad = f"{version}.{session}.{scope}.{signature[:-1]}{last}"
+    # One character of the signature changed, and its unused low bits.
+    swapped = "A" if signature[-5] != "A" else "B"
+    bad = f"{version}.{session}.{scope}.{signature[:-5]}{swapped}{signature[-4:]}"
+    response = edge.get("/sample/v180/seg_001.ts", params={"sg": bad})
+    assert_edge_problem(response, 403, "token-invalid")
+    low_bits = {"A": "B", "B": "A"}.get(signature[-1], "A")
+    bad = f"{version}.{session}.{scope}.{signature[:-1]}{low_bits}"
     response = edge.get("/sample/v180/seg_001.ts", params={"sg": bad})
     assert_edge_problem(response, 403, "token-invalid")
     # Two authorizations on one request.

@@ -78,3 +78,16 @@ def test_tokens_need_no_escaping_in_playlists(session_id: str, start: int) -> No
     claims = PlaybackClaims(session_id, "sample", "vr", 1, False, 0, 0.0)
     token = signer.mint(signer.session_part(claims), f"s{start}", "/sample/a.ts")
     assert re.fullmatch(r"[A-Za-z0-9_\-.]+", token)
+
+
+def test_only_the_canonical_signature_verifies() -> None:
+    signer = UriSigner([NEW])
+    token = signer.mint(signer.session_part(CLAIMS), "p", "/sample/master.m3u8")
+    head, signature = token.rsplit(".", 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # The last of 43 characters carries 4 bits; the 2 low bits are unused.
+    index = alphabet.index(signature[-1])
+    twin = alphabet[index ^ 1]
+    with pytest.raises(InvalidUriToken):
+        signer.verify(f"{head}.{signature[:-1]}{twin}", "/sample/master.m3u8")
+    assert signer.verify(token, "/sample/master.m3u8").claims == CLAIMS
