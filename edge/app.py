@@ -188,6 +188,9 @@ class Edge:
                 logger.exception("syncing with the origin raised")
 
     async def aclose(self) -> None:
+        await self.events.aclose()
+        await self.policies.aclose()
+        await self.lookups.aclose()
         await self.upstream.aclose()
         await self.link.aclose()
 

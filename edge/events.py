@@ -160,6 +160,12 @@ class EventFollower:
             self._refresh_keys()
         return 1
 
+    async def aclose(self) -> None:
+        """Cancel key refreshes still running, so their connections close."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
     def _refresh_keys(self) -> None:
         async def refresh() -> None:
             try:

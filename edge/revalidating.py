@@ -94,6 +94,13 @@ class RevalidatingCache(Generic[K, V]):
             value, time.monotonic(), self._ttl if ttl is None else ttl
         )
 
+    async def aclose(self) -> None:
+        """Cancel revalidations still running, so their connections close."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _revalidate(self, key: K) -> asyncio.Task[V | None]:
         task = self._inflight.get(key)
         if task is None:
