@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -68,15 +69,27 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run a ``keys``, ``catalog`` or ``webhook-secrets`` command."""
+    return call_origin(args, _request)
+
+
+def call_origin(
+    args: argparse.Namespace,
+    request: Callable[[httpx.Client, argparse.Namespace], httpx.Response],
+    transport: httpx.BaseTransport | None = None,
+) -> int:
+    """Send one admin request to the origin, print its JSON; return the exit status."""
     token = os.environ.get("SEGMENTGATE_ADMIN_TOKEN", "")
     if not token:
         print("error: set SEGMENTGATE_ADMIN_TOKEN to an admin token", file=sys.stderr)
         return 2
     base_url = os.environ.get("SEGMENTGATE_ORIGIN_URL", "http://127.0.0.1:8100")
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=10) as client:
+    with httpx.Client(
+        base_url=base_url, headers=headers, timeout=30, transport=transport
+    ) as client:
         try:
-            response = _request(client, args)
+            response = request(client, args)
         except httpx.HTTPError as exc:
             print(f"error: the origin at {base_url} failed: {exc}", file=sys.stderr)
             return 1

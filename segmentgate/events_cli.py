@@ -9,12 +9,11 @@ print the problem details and exit with status 1.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 from typing import Any
 
 import httpx
+
+from segmentgate.admin_cli import call_origin
 
 
 def add_commands(commands: Any) -> None:
@@ -63,19 +62,4 @@ def request(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
 
 def run(args: argparse.Namespace, transport: httpx.BaseTransport | None = None) -> int:
     """Run a ``dlq`` or ``outbox`` command; return the exit status."""
-    token = os.environ.get("SEGMENTGATE_ADMIN_TOKEN", "")
-    if not token:
-        print("error: set SEGMENTGATE_ADMIN_TOKEN to an admin token", file=sys.stderr)
-        return 2
-    base_url = os.environ.get("SEGMENTGATE_ORIGIN_URL", "http://127.0.0.1:8100")
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(
-        base_url=base_url, headers=headers, timeout=30, transport=transport
-    ) as client:
-        try:
-            response = request(client, args)
-        except httpx.HTTPError as exc:
-            print(f"error: the origin at {base_url} failed: {exc}", file=sys.stderr)
-            return 1
-    print(json.dumps(response.json(), indent=2))
-    return 0 if response.is_success else 1
+    return call_origin(args, request, transport)
