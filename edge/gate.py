@@ -290,8 +290,9 @@ class Gate:
         if overdue <= 0:
             return
         if overdue <= self._renewal and self._lookups is not None:
-            # Renewing past the token's lifetime: check with the origin too,
-            # at most once a minute per viewer and content, off the hot path.
+            # Renewing past the token's lifetime: check with the origin too, at
+            # most once per policy_ttl (a minute by default) per viewer and
+            # content, since the lookup cache is fresh that long.
             key = (claims.viewer_ref, claims.content_id)
             state = await self._lookups.get(key)
             if state is not None:

@@ -62,7 +62,7 @@ def split_media_path(path: str) -> tuple[str, str]:
 def check_raw_path(raw_path: bytes | None) -> None:
     """Reject a request whose path, as sent, has dot or empty segments.
 
-    Some servers remove dot segments before the application sees the path,
+    Some servers remove dot segments before the application receives the path,
     so ``/a/../b`` would arrive as ``/b``. The edge rejects such requests
     outright rather than serve whatever the normalised path names.
     """
@@ -95,7 +95,7 @@ def resolve_uri(uri: str, playlist_url: str, gated_hosts: frozenset[str]) -> str
 class PathTokenMiddleware:
     """Move a ``/_sg/<token>/`` path prefix into the scope.
 
-    Everything after this middleware, the access log included, sees the
+    Everything after this middleware, the access log included, receives the
     media path alone, so the token never reaches logs or problem bodies.
     """
 

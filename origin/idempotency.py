@@ -102,7 +102,7 @@ async def run_idempotent(
     try:
         response = await handler()
     except Problem as problem:
-        # A problem is a final answer for this body: store and replay it.
+        # A problem is a final response for this body: store and replay it.
         response = problem.to_response()
     except Exception:
         await _release(call)

@@ -26,7 +26,7 @@ from origin.validation import invalid, read_object, string_field
 from shared.content import CONTENT_ID
 from shared.tokens import TOKEN_PARAM, PlaybackClaims, encode_playback_token
 
-# How the playlist URL carries the token: in the query (every player), or
+# The ways a playlist URL carries the token: in the query (every player), or
 # in a ``/_sg/<token>/`` path prefix that relative URIs inherit.
 TRANSPORTS = ("query", "path")
 

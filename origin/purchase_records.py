@@ -58,7 +58,7 @@ REFUND = "refund"
 REVOKE = "revoke"
 
 # Step outcomes. A step is "started" before a provider call and gets its
-# outcome after it; "unknown" means the call got no usable answer.
+# outcome after it; "unknown" means the call got no usable response.
 STARTED = "started"
 SUCCEEDED = "succeeded"
 STEP_DECLINED = "declined"

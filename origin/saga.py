@@ -7,7 +7,7 @@ A process killed between any two steps therefore leaves a purchase that a
 later run picks up where it stopped: the recovery pass at start-up and
 every ``recovery_interval`` seconds, or the viewer's retry of the request.
 
-A provider call that got no usable answer may still have acted. Before it
+A provider call that got no usable response may still have acted. Before it
 repeats such a step, the saga reads the intent back from the provider and
 records what already happened, so a lost response never leads to a second
 capture or refund. Calls carry idempotency keys derived from the purchase,
@@ -771,7 +771,7 @@ class PurchaseSaga:
     async def _observe_after(
         self, purchase: Purchase, owner: str, step_id: int, intent: PaymentIntent
     ) -> None:
-        """Close a step whose answer was an unexpected status, and act on it."""
+        """Close a step whose response was an unexpected status, and act on it."""
         now = self._clock()
         async with self._engine.begin() as connection:
             await records.finish_step(
@@ -1036,7 +1036,7 @@ class PurchaseSaga:
         )
         async with self._engine.begin() as connection:
             if step_id is not None:
-                # A provider that says the same request will fail again has
+                # A provider that reports the same request will fail again has
                 # burnt the key; "failed" makes the next try use a new one.
                 retryable = getattr(error, "retryable", True)
                 outcome = records.UNKNOWN if retryable else records.STEP_FAILED

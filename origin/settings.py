@@ -45,7 +45,7 @@ class OriginSettings:
     key_publish_seconds: float = 60.0
     key_tick_interval: float = 1.0
     # Scoped admin tokens, "scope:token" pairs separated by commas; scopes
-    # are catalog, keys and events. admin_token holds every scope.
+    # are catalog, keys and events. admin_token has every scope.
     admin_tokens: str = ""
     playback_token_ttl: int = 30 * 60
     # Events must outlive every token that an edge may still honour: the

@@ -265,7 +265,7 @@ webhook_dead_letters = Table(
     Column("replayed_at", Float),
 )
 
-# Outbox batches that an edge rejected with a 4xx answer, so that the relay
+# Outbox batches that an edge rejected with a 4xx response, so that the relay
 # moved past them for that edge. They wait here until resent.
 relay_parked = Table(
     "relay_parked",

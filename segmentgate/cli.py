@@ -92,7 +92,7 @@ Buy it with the sandbox card (pm_card_chargeDeclined is declined):
        -H "Content-Type: application/json" -H "Idempotency-Key: demo-1" \\
        -d '{{"content_id": "sample", "payment_method": "pm_card_visa"}}'
 
-The same URL now plays in full. Refund with the purchase_id from that answer,
+The same URL now plays in full. Refund with the purchase_id from that response,
 and within a second the URL is a preview again:
 
   curl -s -X POST {origin}/v1/purchases/PURCHASE_ID/refund \\
@@ -103,7 +103,7 @@ A new session for any content:
   curl -s -X POST {origin}/v1/playback-sessions -H "Authorization: Bearer $VT" \\
        -H "Content-Type: application/json" -d '{{"content_id": "trailer"}}'
 
-ffmpeg exits with status 0 when a preview ends; the 402 answers show up as
+ffmpeg exits with status 0 when a preview ends; the 402 responses show up as
 "HTTP error 402" lines in its log.
 
 Press Ctrl+C to stop.

@@ -31,7 +31,7 @@ TOKEN_PARAM = "sg"
 
 @dataclass(frozen=True)
 class PlaybackClaims:
-    """What a playback session grants.
+    """The grant of one playback session.
 
     ``entitled`` and ``entitlement_version`` record the entitlement when the
     token was issued; ``preview_seconds`` bounds the segments a viewer without

@@ -66,7 +66,7 @@ class SimulatedCrash(BaseException):
 
 
 class FakeClock:
-    """Epoch seconds that move only when a test says so."""
+    """Epoch seconds that move only when a test advances them."""
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self.now = start

@@ -331,7 +331,7 @@ def test_renewal_checks_the_origin_once_per_viewer(
     lookups = stack.stack.edge_app.state.edge.lookups  # type: ignore[union-attr]
     before = lookups.origin_requests
     # A session that expired an hour ago, issued entitled, renews as long as
-    # the origin's own record says entitled; many requests, one lookup.
+    # the origin's own record shows it entitled; many requests, one lookup.
     claims = PlaybackClaims("ps_l", "sample", ref, int(time.time()) - 3600, True, 1, 10)
     token = uri_token(stack, claims, "/sample/v180/seg_012.ts", "s24000")
     for _ in range(20):

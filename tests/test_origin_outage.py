@@ -1,7 +1,7 @@
 """What viewers get while the edge cannot reach the origin, and after.
 
 The edge talks to the origin through a TCP proxy that can refuse, hang or
-answer 503, and receives no pushes, so it only learns from polling the feed
+respond 503, and receives no pushes, so it only learns from polling the feed
 through that proxy. Short intervals make the stages of an outage fit in a
 few seconds: degraded after 0.6 s of silence, grace for 1.5 s more.
 """
@@ -131,7 +131,7 @@ def test_outage_grace_then_offline_mode_then_recovery(
             assert edge.get(paid).status_code == 200
 
         wait_for(edge, lambda health: not health["origin"]["within_grace"])
-        # Past grace: closed content stops with a typed, retryable answer ...
+        # Past grace: closed content stops with a typed, retryable response ...
         response = edge.get(paid)
         assert_problem(response, 503, "origin-unreachable")
         assert response.headers["retry-after"]

@@ -46,7 +46,7 @@ THREE_DECIMAL_CURRENCIES = frozenset("BHD JOD KWD OMR TND".split())
 
 
 class PaymentProviderError(Exception):
-    """Raised when the provider answers that a call failed."""
+    """Raised when the provider reports that a call failed."""
 
 
 class PaymentDeclined(PaymentProviderError):
@@ -62,7 +62,7 @@ class InvalidPaymentRequest(PaymentProviderError):
 
 
 class UnknownPaymentMethod(InvalidPaymentRequest):
-    """Raised when the payment method is not one the provider knows."""
+    """Raised when the provider does not recognise the payment method."""
 
     def __init__(self, payment_method: str) -> None:
         super().__init__(f"unknown payment method {payment_method!r}")
