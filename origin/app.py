@@ -23,6 +23,7 @@ from origin import (
     outbox_admin,
     playback,
     purchases,
+    sandbox_issuer,
     viewers,
     webhooks,
 )
@@ -97,9 +98,8 @@ def create_app(
         timeout=settings.relay_timeout,
         fault=settings.relay_fault,
     )
-    resilient = ResilientProvider(
-        provider or build_provider(settings, clock), settings.provider_calls
-    )
+    inner = provider or build_provider(settings, clock)
+    resilient = ResilientProvider(inner, settings.provider_calls)
     saga = PurchaseSaga(
         engine, resilient, relay.notify, policy=settings.saga, clock=clock
     )
@@ -107,6 +107,8 @@ def create_app(
     processor = webhooks.WebhookProcessor(engine, saga, settings, clock)
     state = Origin(settings, engine, keys, resilient, relay, saga, recovery, clock)
     state.admin_tokens = parse_admin_tokens(settings.admin_token, settings.admin_tokens)
+    if isinstance(inner, SandboxProvider):
+        state.sandbox = inner
     keys.on_event = relay.notify
 
     async def tick_keys() -> None:
@@ -143,6 +145,7 @@ def create_app(
         *viewers.routes,
         *playback.routes,
         *purchases.routes,
+        *sandbox_issuer.routes,
         *feeds.routes,
         *admin.routes,
         *webhooks.routes,

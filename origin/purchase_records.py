@@ -4,15 +4,21 @@ A purchase moves through these statuses; every move is one transaction
 that also records the step that caused it::
 
     pending → authorized → captured → granted
-      │         │            │         └─ refund requested: refunding → refunded
-      │         │            ├─ refund requested: refunding → refunded
-      │         │            └─ grant impossible: refunding → failed
-      │         ├─ refund requested: voiding → canceled
-      │         └─ expired or not grantable: voiding → failed
-      ├─ declined (issuer wants authentication: voiding → declined)
+      │  ↑      │            │         └─ refund requested: refunding → refunded
+      │  │      │            ├─ refund requested: refunding → refunded
+      │  │      │            └─ grant impossible: refunding → failed
+      │  │      ├─ refund requested: voiding → canceled
+      │  │      └─ expired or not grantable: voiding → failed
+      │  requires_action (the issuer wants the viewer to authenticate)
+      │         ├─ authentication failed: declined
+      │         ├─ not completed in time: voiding → failed
+      │         └─ refund requested: voiding → canceled
+      ├─ declined
       └─ failed
 
-``voiding`` and ``refunding`` end in the purchase's ``closing_status``.
+``voiding`` and ``refunding`` end in the purchase's ``closing_status``. A
+``requires_action`` purchase carries ``next_action_url``, the page where the
+viewer completes the issuer's step, until ``action_expires_at``.
 
 Only the holder of a purchase's lease changes it. A runner takes the lease
 when it is free or expired, renews it while it works, and names itself in
@@ -33,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from origin.store import purchase_steps, purchases
 
 PENDING = "pending"
+REQUIRES_ACTION = "requires_action"
 AUTHORIZED = "authorized"
 CAPTURED = "captured"
 GRANTED = "granted"
@@ -43,7 +50,9 @@ FAILED = "failed"
 CANCELED = "canceled"
 REFUNDED = "refunded"
 
-RUNNING_STATUSES = frozenset({PENDING, AUTHORIZED, CAPTURED, VOIDING, REFUNDING})
+RUNNING_STATUSES = frozenset(
+    {PENDING, REQUIRES_ACTION, AUTHORIZED, CAPTURED, VOIDING, REFUNDING}
+)
 # Statuses that change only if the viewer asks for a refund.
 SETTLED_STATUSES = frozenset({GRANTED, DECLINED, FAILED, CANCELED, REFUNDED})
 REFUNDABLE_STATUSES = RUNNING_STATUSES | {GRANTED}
@@ -51,6 +60,9 @@ REFUNDABLE_STATUSES = RUNNING_STATUSES | {GRANTED}
 # Steps, as GET /v1/purchases/{id} lists them.
 PAYMENT_INTENT = "payment_intent"
 AUTHORIZATION = "authorization"
+# The viewer's step with the issuer (3-D Secure) after an authorization
+# that requires action.
+AUTHENTICATION = "authentication"
 CAPTURE = "capture"
 GRANT = "grant"
 VOID = "void"
@@ -65,6 +77,8 @@ STEP_DECLINED = "declined"
 STEP_FAILED = "failed"
 UNKNOWN = "unknown"
 EXPIRED = "expired"
+# The authorization waits for the viewer's authentication with the issuer.
+ACTION_REQUIRED = "requires_action"
 UNRESOLVED = frozenset({STARTED, UNKNOWN})
 
 
@@ -87,6 +101,8 @@ class Purchase:
     refund_requested_at: float | None
     closing_status: str | None
     authorization_expires_at: float | None
+    next_action_url: str | None
+    action_expires_at: float | None
     lease_owner: str | None
     lease_expires_at: float | None
     attempts: int

@@ -54,7 +54,23 @@ def _public(purchase: dict[str, Any]) -> dict[str, Any]:
         "created_at": _timestamp(purchase["created_at"]),
         "updated_at": _timestamp(purchase["updated_at"]),
         "refund_requested_at": _timestamp(purchase["refund_requested_at"]),
+        "next_action": _next_action(purchase),
         "steps": steps,
+    }
+
+
+def _next_action(purchase: dict[str, Any]) -> dict[str, Any] | None:
+    """Return where the viewer completes the issuer's authentication, and until when.
+
+    ``url`` is null when the provider names no page (Stripe's
+    ``use_stripe_sdk``), and a sandbox URL is a path on the origin.
+    """
+    if purchase["status"] != records.REQUIRES_ACTION:
+        return None
+    return {
+        "type": "authenticate",
+        "url": purchase["next_action_url"],
+        "expires_at": _timestamp(purchase["action_expires_at"]),
     }
 
 

@@ -13,6 +13,13 @@ records what already happened, so a lost response never leads to a second
 capture or refund. Calls carry idempotency keys derived from the purchase,
 the step and the attempt (``pur_…:capture:1``), stored with the step.
 
+An authorization that requires action (3-D Secure) waits in the
+``requires_action`` status until the viewer completes the issuer's step at
+the intent's ``next_action_url``. The saga then reads the intent back, when
+the issuer's page or a webhook asks it to, every ``action_poll_seconds``, and
+at ``action_seconds`` after the wait began; an authentication still not
+completed then is voided.
+
 Capture waits until the authorization succeeded and the entitlement can
 still be granted; an authorization that cannot be captured (the refund was
 requested, the content is no longer for sale, the authorization expired)
@@ -95,6 +102,10 @@ class SagaPolicy:
     # Tries of the intent, authorization and grant steps before the saga
     # gives up on them and compensates; capture, void and refund retry on.
     max_attempts: int = 5
+    # How long a purchase waits for the viewer's authentication with the
+    # issuer, and how often the provider is asked whether it was completed.
+    action_seconds: float = 900.0
+    action_poll_seconds: float = 30.0
 
 
 class PurchaseSaga:
@@ -347,6 +358,10 @@ class PurchaseSaga:
             if purchase.payment_intent_id is None:
                 return self._create_intent
             return self._authorize
+        if status == records.REQUIRES_ACTION:
+            if refund_requested:
+                return self._to_voiding(records.CANCELED)
+            return self._await_authentication
         if status == records.AUTHORIZED:
             if refund_requested:
                 return self._to_voiding(records.CANCELED)
@@ -422,18 +437,18 @@ class PurchaseSaga:
         self, purchase: Purchase, owner: str, step_id: int, intent: PaymentIntent
     ) -> bool:
         if intent.status == REQUIRES_ACTION:
-            # The issuer wants 3D Secure, which needs the viewer; the origin
-            # confirms server-side, so the intent is canceled as declined.
+            # Only the viewer can answer the issuer (3-D Secure), so the
+            # purchase waits for that instead of being run further.
             await self._finish_and_move(
                 purchase,
                 owner,
                 step_id,
-                records.STEP_DECLINED,
-                "authentication_required",
-                records.VOIDING,
-                closing_status=records.DECLINED,
+                records.ACTION_REQUIRED,
+                "the issuer requires authentication",
+                records.REQUIRES_ACTION,
+                **self._waiting(intent, self._clock()),
             )
-            return True
+            return False
         if intent.status != REQUIRES_CAPTURE:
             await self._observe_after(purchase, owner, step_id, intent)
             return True
@@ -447,6 +462,54 @@ class PurchaseSaga:
             authorization_expires_at=intent.capture_before,
         )
         return True
+
+    def _waiting(self, intent: PaymentIntent, now: float) -> dict[str, object]:
+        """Return the columns of a purchase that starts waiting for action."""
+        expires_at = now + self._policy.action_seconds
+        return {
+            "next_action_url": intent.next_action_url,
+            "action_expires_at": expires_at,
+            "next_attempt_at": min(expires_at, now + self._policy.action_poll_seconds),
+        }
+
+    async def _await_authentication(self, purchase: Purchase, owner: str) -> bool:
+        """Read the intent back; go on, wait longer, or void after the deadline.
+
+        The intent is read before the deadline is checked, so an
+        authentication completed just before it is not thrown away.
+        """
+        try:
+            intent = await self._provider.retrieve(_intent_id(purchase))
+        except ProviderUnavailable as exc:
+            return await self._unanswered(
+                purchase, owner, None, exc, records.AUTHENTICATION
+            )
+        if await self.apply_provider_view(purchase, owner, intent):
+            return True
+        now = self._clock()
+        expires_at = purchase.action_expires_at or now
+        if now >= expires_at:
+            await self._record_and_move(
+                purchase,
+                owner,
+                records.AUTHENTICATION,
+                f"the viewer did not authenticate by {_iso(expires_at)}",
+                records.VOIDING,
+                outcome=records.EXPIRED,
+                closing_status=records.FAILED,
+            )
+            return True
+        next_check = min(expires_at, now + self._policy.action_poll_seconds)
+        async with self._engine.begin() as connection:
+            await records.move(
+                connection,
+                purchase,
+                owner,
+                records.REQUIRES_ACTION,
+                now,
+                next_attempt_at=next_check,
+            )
+        return False
 
     async def _capture(self, purchase: Purchase, owner: str) -> bool:
         reason = await self._grant_blocker(purchase)
@@ -798,6 +861,8 @@ class PurchaseSaga:
         status = purchase.status
         if status == records.PENDING:
             return await self._view_pending(purchase, owner, intent, detail)
+        if status == records.REQUIRES_ACTION:
+            return await self._view_waiting(purchase, owner, intent)
         if status == records.AUTHORIZED:
             if intent.status == SUCCEEDED:
                 await self._record_and_move(
@@ -859,10 +924,10 @@ class PurchaseSaga:
                 purchase,
                 owner,
                 records.AUTHORIZATION,
-                "authentication_required",
-                records.VOIDING,
-                outcome=records.STEP_DECLINED,
-                closing_status=records.DECLINED,
+                f"{detail}: the issuer requires authentication",
+                records.REQUIRES_ACTION,
+                outcome=records.ACTION_REQUIRED,
+                **self._waiting(intent, self._clock()),
             )
         elif intent.status == REQUIRES_PAYMENT_METHOD and intent.decline_code:
             await self._record_and_move(
@@ -894,6 +959,77 @@ class PurchaseSaga:
         else:
             return False
         return True
+
+    async def _view_waiting(
+        self, purchase: Purchase, owner: str, intent: PaymentIntent
+    ) -> bool:
+        """Record how the viewer's authentication with the issuer ended."""
+        if intent.status in (REQUIRES_CAPTURE, SUCCEEDED):
+            await self._authenticated(purchase, owner, intent)
+            if intent.status == SUCCEEDED:
+                purchase = await self._reload(purchase)
+                await self._record_and_move(
+                    purchase,
+                    owner,
+                    records.CAPTURE,
+                    "found at the provider",
+                    records.CAPTURED,
+                )
+            return True
+        if intent.status == REQUIRES_PAYMENT_METHOD:
+            # The issuer refused the authentication: nothing is held.
+            await self._record_and_move(
+                purchase,
+                owner,
+                records.AUTHENTICATION,
+                intent.decline_code or "the authentication failed",
+                records.DECLINED,
+                outcome=records.STEP_DECLINED,
+            )
+            return True
+        if intent.status == CANCELED:
+            closing = records.FAILED
+            if purchase.refund_requested_at is not None:
+                closing = records.CANCELED
+            await self._record_and_move(
+                purchase,
+                owner,
+                records.AUTHENTICATION,
+                "the payment intent was canceled at the provider",
+                closing,
+                outcome=records.STEP_FAILED,
+            )
+            return True
+        return False
+
+    async def _authenticated(
+        self, purchase: Purchase, owner: str, intent: PaymentIntent
+    ) -> None:
+        now = self._clock()
+        async with self._engine.begin() as connection:
+            await records.insert_step(
+                connection,
+                purchase.purchase_id,
+                records.AUTHENTICATION,
+                records.SUCCEEDED,
+                at=now,
+            )
+            await records.insert_step(
+                connection,
+                purchase.purchase_id,
+                records.AUTHORIZATION,
+                records.SUCCEEDED,
+                "after the viewer's authentication",
+                at=now,
+            )
+            await records.move(
+                connection,
+                purchase,
+                owner,
+                records.AUTHORIZED,
+                now,
+                authorization_expires_at=intent.capture_before,
+            )
 
     async def _view_canceled(
         self, purchase: Purchase, owner: str, intent: PaymentIntent

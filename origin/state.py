@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from origin.keyring import KeyRing
 from origin.outbox import OutboxRelay
-from origin.providers import PaymentProvider
+from origin.providers import PaymentProvider, SandboxProvider
 from origin.recovery import RecoveryLoop
 from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings
@@ -28,3 +28,6 @@ class Origin:
     clock: Callable[[], float]
     # Admin tokens and the scopes each holds.
     admin_tokens: dict[str, frozenset[str]] = field(default_factory=dict)
+    # The sandbox provider behind ``provider``, whose issuer pages the origin
+    # serves; None with any other provider.
+    sandbox: SandboxProvider | None = None

@@ -116,6 +116,10 @@ purchases = Table(
     # The status that a running void or refund ends the purchase in.
     Column("closing_status", String(16)),
     Column("authorization_expires_at", Float),
+    # While the status is requires_action: where the viewer completes the
+    # issuer's authentication, and when the saga stops waiting for it.
+    Column("next_action_url", Text),
+    Column("action_expires_at", Float),
     # The saga runner that may change the purchase, until lease_expires_at.
     Column("lease_owner", String(64)),
     Column("lease_expires_at", Float),
@@ -133,6 +137,7 @@ Index(
 # Statuses in which a purchase holds or is working towards an entitlement.
 ACTIVE_STATUSES = (
     "pending",
+    "requires_action",
     "authorized",
     "captured",
     "granted",

@@ -418,15 +418,3 @@ async def test_expiry_recorded_while_authorized(world: World) -> None:
         (step["step"], step["outcome"]) for step in body["steps"]
     ]
 
-
-async def test_authentication_required_is_declined_and_voided(world: World) -> None:
-    async with world.origin() as running:
-        await publish(running.client)
-        viewer = await new_viewer(running.client)
-        response = await buy(running.client, viewer, "pm_card_authenticationRequired")
-        assert response.status_code == 201
-        assert response.json()["status"] == "declined"
-        steps = [(s["step"], s["outcome"]) for s in response.json()["steps"]]
-        assert ("authorization", "declined") in steps
-        assert ("void", "succeeded") in steps
-        await assert_consistent(running.engine, world.sandbox)

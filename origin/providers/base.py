@@ -135,6 +135,9 @@ class PaymentIntent:
     capture_before: float | None = None
     cancellation_reason: str | None = None
     decline_code: str | None = None
+    # While the status is requires_action: the page where the viewer
+    # completes the issuer's authentication (Stripe's redirect_to_url).
+    next_action_url: str | None = None
 
     @property
     def captured(self) -> bool:
@@ -189,7 +192,8 @@ class PaymentProvider(Protocol):
 
         The returned intent is ``requires_capture`` when the card was
         authorized, or ``requires_action`` when the issuer demands
-        authentication that the origin cannot run for the viewer.
+        authentication that only the viewer can complete, at the intent's
+        ``next_action_url`` when the provider names one.
         """
         ...
 

@@ -11,6 +11,13 @@ Stripe's test payment methods:
 ``pm_card_authenticationRequired``          ``requires_action``: needs 3D Secure
 ==========================================  =====================================
 
+An intent that requires action names a page of the origin in
+``next_action_url`` (see :mod:`origin.sandbox_issuer`), where the viewer
+approves or fails the issuer's authentication as on a bank's 3D Secure
+page. Approval authorizes the intent (``requires_capture``); failure
+leaves it ``requires_payment_method`` with the decline code
+``payment_intent_authentication_failure``, as Stripe's test cards do.
+
 Authorizations lapse after ``authorization_seconds`` (Stripe's default is
 seven days), when the intent becomes ``canceled`` with the reason
 ``automatic``. Results are kept per idempotency key, as Stripe keeps them,
@@ -59,6 +66,26 @@ CANCELABLE = frozenset(
     {REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION, REQUIRES_ACTION, REQUIRES_CAPTURE}
 )
 SEVEN_DAYS = 7 * 24 * 3600.0
+# Stripe's last_payment_error code after a failed 3D Secure authentication.
+AUTHENTICATION_FAILED = "payment_intent_authentication_failure"
+# The origin serves the issuer's page for each authentication id here.
+AUTHENTICATION_PATH = "/v1/sandbox/authentications/"
+
+
+class AuthenticationNotFound(PaymentProviderError):
+    """Raised when no intent waits for the authentication id."""
+
+
+class AuthenticationClosed(PaymentProviderError):
+    """Raised when the authentication was already completed another way,
+    or its intent no longer requires action (canceled, for example).
+
+    ``result`` is the earlier result, "approved" or "failed", if there was one.
+    """
+
+    def __init__(self, message: str, result: str | None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class SandboxProvider:
@@ -123,6 +150,9 @@ class SandboxProvider:
                 raise PaymentDeclined(DECLINED[method], "Your card was declined.")
             if method in AUTHENTICATION_REQUIRED:
                 intent["status"] = REQUIRES_ACTION
+                authentication_id = "sa_" + secrets.token_urlsafe(18)
+                intent["authentication_id"] = authentication_id
+                intent["next_action_url"] = AUTHENTICATION_PATH + authentication_id
                 return intent
             intent["status"] = REQUIRES_CAPTURE
             intent["capture_before"] = self._clock() + self._authorization_seconds
@@ -130,6 +160,42 @@ class SandboxProvider:
 
         result = await self._call("authorize", idempotency_key, [intent_id], confirm)
         return _intent(result)
+
+    async def complete_authentication(
+        self, authentication_id: str, approved: bool
+    ) -> PaymentIntent:
+        """Record the viewer's answer on the issuer's page; return the intent.
+
+        Completing it again with the same answer returns the intent as it
+        is now. Raise :class:`AuthenticationNotFound` for an unknown id and
+        :class:`AuthenticationClosed` when the intent no longer waits for
+        this answer.
+        """
+        intent = self._find_authentication(authentication_id)
+        result = "approved" if approved else "failed"
+        earlier = intent.get("authentication_result")
+        if earlier == result:
+            return _intent(intent)
+        if earlier is not None or intent["status"] != REQUIRES_ACTION:
+            raise AuthenticationClosed(
+                f"the authentication of {intent['id']} is closed: the payment "
+                f"intent is {intent['status']}",
+                earlier,
+            )
+        intent["authentication_result"] = result
+        if approved:
+            intent["status"] = REQUIRES_CAPTURE
+            intent["capture_before"] = self._clock() + self._authorization_seconds
+        else:
+            intent["status"] = REQUIRES_PAYMENT_METHOD
+            intent["decline_code"] = AUTHENTICATION_FAILED
+        intent["next_action_url"] = None
+        self._save()
+        return _intent(intent)
+
+    def describe_authentication(self, authentication_id: str) -> dict[str, Any]:
+        """Return a copy of the intent that waits for ``authentication_id``."""
+        return dict(self._find_authentication(authentication_id))
 
     async def capture(self, intent_id: str, idempotency_key: str) -> PaymentIntent:
         def capture() -> dict[str, Any]:
@@ -147,6 +213,7 @@ class SandboxProvider:
             intent = self._expect(intent_id, *CANCELABLE)
             intent["status"] = CANCELED
             intent["cancellation_reason"] = "requested_by_customer"
+            intent["next_action_url"] = None
             return intent
 
         result = await self._call("void", idempotency_key, [intent_id], cancel)
@@ -232,6 +299,14 @@ class SandboxProvider:
             self._save()
         return intent
 
+    def _find_authentication(self, authentication_id: str) -> dict[str, Any]:
+        for intent in self._intents.values():
+            if intent.get("authentication_id") == authentication_id:
+                return self._load(intent["id"])
+        raise AuthenticationNotFound(
+            f"no payment intent waits for authentication {authentication_id!r}"
+        )
+
     def _expect(self, intent_id: str, *statuses: str) -> dict[str, Any]:
         intent = self._load(intent_id)
         if intent["status"] not in statuses:
@@ -276,4 +351,5 @@ def _intent(data: dict[str, Any]) -> PaymentIntent:
         capture_before=data["capture_before"],
         cancellation_reason=data["cancellation_reason"],
         decline_code=data["decline_code"],
+        next_action_url=data.get("next_action_url"),
     )

@@ -1,0 +1,144 @@
+"""The sandbox issuer's authentication page, as a bank's 3-D Secure page.
+
+A sandbox intent that requires action names
+``/v1/sandbox/authentications/{authentication_id}`` as its next action. The
+viewer approves or fails the authentication there; the page then records the
+answer at the sandbox and runs the purchase's saga, which reads the intent
+back and captures, or ends the purchase declined. With another payment
+provider these routes answer 404.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from urllib.parse import parse_qs
+
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from origin.providers.sandbox import (
+    AuthenticationClosed,
+    AuthenticationNotFound,
+    SandboxProvider,
+)
+from origin.state import Origin
+from origin.store import purchases
+from origin.validation import invalid, read_body
+from shared import problems
+from shared.problems import Problem
+
+logger = logging.getLogger("segmentgate.origin.sandbox_issuer")
+
+RESULTS = {"approve": True, "fail": False}
+# The page is shown in the storefront's frame, so it may be framed by the
+# origin itself and nothing else.
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'self'",
+}
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Sandbox issuer: authentication</title>
+<style>
+body {{ font: 15px system-ui, sans-serif; margin: 1.5em; color: #1b1b1b; }}
+button {{ font: inherit; padding: .5em 1.2em; margin-right: .5em; }}
+.approve {{ background: #1d6b35; color: white; border: 0; }}
+.fail {{ background: #fff; border: 1px solid #a33; color: #a33; }}
+</style></head>
+<body>
+<h1>Sandbox issuer</h1>
+{body}
+</body></html>
+"""
+
+
+def _sandbox(origin: Origin) -> SandboxProvider:
+    if origin.sandbox is None:
+        raise Problem(
+            problems.NOT_FOUND,
+            "the origin uses another payment provider, which runs its own "
+            "authentication pages",
+        )
+    return origin.sandbox
+
+
+def _page(body: str, status_code: int = 200) -> Response:
+    return HTMLResponse(
+        PAGE.format(body=body), status_code=status_code, headers=HEADERS
+    )
+
+
+async def show_authentication(request: Request) -> Response:
+    origin: Origin = request.app.state.origin
+    authentication_id = request.path_params["authentication_id"]
+    try:
+        intent = _sandbox(origin).describe_authentication(authentication_id)
+    except AuthenticationNotFound as exc:
+        raise Problem(problems.NOT_FOUND, str(exc)) from None
+    amount = intent["amount"] / 100
+    currency = html.escape(intent["currency"].upper())
+    if intent.get("authentication_result") is not None:
+        result = html.escape(intent["authentication_result"])
+        return _page(f"<p>This authentication is already {result}.</p>")
+    return _page(
+        f"<p>Confirm the payment of <strong>{amount:.2f} {currency}</strong> "
+        "with your card ending in 3184.</p>"
+        '<form method="post">'
+        '<button class="approve" name="result" value="approve">'
+        "Complete authentication</button>"
+        '<button class="fail" name="result" value="fail">'
+        "Fail authentication</button></form>"
+    )
+
+
+async def complete_authentication(request: Request) -> Response:
+    origin: Origin = request.app.state.origin
+    sandbox = _sandbox(origin)
+    authentication_id = request.path_params["authentication_id"]
+    form = parse_qs((await read_body(request)).decode("utf-8", "replace"))
+    choice = (form.get("result") or [""])[0]
+    if choice not in RESULTS:
+        raise invalid("'result' must be 'approve' or 'fail'", "result")
+    try:
+        intent = await sandbox.complete_authentication(
+            authentication_id, RESULTS[choice]
+        )
+    except AuthenticationNotFound as exc:
+        raise Problem(problems.NOT_FOUND, str(exc)) from None
+    except AuthenticationClosed as exc:
+        raise Problem(problems.CONFLICT, str(exc), result=exc.result) from None
+    async with origin.engine.connect() as connection:
+        purchase_id = (
+            await connection.execute(
+                select(purchases.c.purchase_id).where(
+                    purchases.c.payment_intent_id == intent.id,
+                    purchases.c.provider == sandbox.name,
+                )
+            )
+        ).scalar()
+    if purchase_id is not None and not await origin.saga.run(purchase_id):
+        # NOTE: the runner that holds the lease may have read the intent
+        # before this answer; the purchase then moves at its next check,
+        # action_poll_seconds later at most.
+        logger.info("purchase %s is held by another runner", purchase_id)
+    verb = "approved" if RESULTS[choice] else "failed"
+    return _page(f"<p>Authentication {verb}. You can close this window.</p>")
+
+
+routes = [
+    Route(
+        "/v1/sandbox/authentications/{authentication_id}",
+        show_authentication,
+        methods=["GET"],
+    ),
+    Route(
+        "/v1/sandbox/authentications/{authentication_id}",
+        complete_authentication,
+        methods=["POST"],
+    ),
+]
