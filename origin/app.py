@@ -59,6 +59,7 @@ def build_provider(
         return StripeProvider(
             settings.stripe_api_key,
             api_url=settings.stripe_api_url,
+            return_url=settings.stripe_return_url or None,
             timeout=max(settings.provider_calls.timeouts.values()),
         )
     state_path = settings.sandbox_state_path

@@ -62,6 +62,10 @@ class OriginSettings:
     payment_provider: str = "sandbox"
     stripe_api_key: str = ""
     stripe_api_url: str = "https://api.stripe.com"
+    # Where Stripe sends the viewer back after the issuer's authentication
+    # (3-D Secure), e.g. the storefront's URL. Empty leaves Stripe's
+    # next_action as use_stripe_sdk, which needs Stripe.js in the page.
+    stripe_return_url: str = ""
     sandbox_state_path: str = ""
     sandbox_faults: str = ""
     recovery_interval: float = 15.0
@@ -124,6 +128,7 @@ class OriginSettings:
             payment_provider=env.get("SEGMENTGATE_PAYMENT_PROVIDER", "sandbox"),
             stripe_api_key=env.get("SEGMENTGATE_STRIPE_API_KEY", ""),
             stripe_api_url=env.get("SEGMENTGATE_STRIPE_API_URL", cls.stripe_api_url),
+            stripe_return_url=env.get("SEGMENTGATE_STRIPE_RETURN_URL", ""),
             sandbox_state_path=env.get("SEGMENTGATE_SANDBOX_STATE", ""),
             sandbox_faults=env.get("SEGMENTGATE_SANDBOX_FAULTS", ""),
             recovery_interval=_seconds(

@@ -38,6 +38,7 @@ from origin.providers.base import (
     REQUIRES_CAPTURE,
     SUCCEEDED,
 )
+from origin.providers.stripe import parse_intent
 from tests.saga_harness import (
     FAST_CALLS,
     FakeClock,
@@ -51,6 +52,9 @@ from tests.saga_harness import (
 API = "https://api.stripe.com"
 KEY = "sk_test_segmentgate"
 CAPTURE_BEFORE = 1_800_604_800
+RETURN_URL = "https://shop.example/storefront"
+# The shape of the issuer page URL that Stripe's redirect_to_url names.
+AUTHENTICATION_URL = "https://hooks.stripe.com/3d_secure_2/hosted?merchant=acct_1"
 
 
 def payment_intent(
@@ -180,7 +184,44 @@ async def test_confirm_needing_authentication(
     respx_mock.post("/v1/payment_intents/pi_1/confirm").respond(
         200, json=payment_intent("pi_1", REQUIRES_ACTION)
     )
-    assert (await stripe.authorize("pi_1", "k")).status == REQUIRES_ACTION
+    intent = await stripe.authorize("pi_1", "k")
+    assert intent.status == REQUIRES_ACTION
+    # use_stripe_sdk names no page for the viewer.
+    assert intent.next_action_url is None
+
+
+def redirect_action(url: str) -> dict[str, Any]:
+    return {
+        "type": "redirect_to_url",
+        "redirect_to_url": {"url": url, "return_url": RETURN_URL},
+    }
+
+
+@respx.mock(base_url=API, assert_all_called=True)
+async def test_confirm_sends_return_url_and_reads_redirect(
+    respx_mock: respx.MockRouter,
+) -> None:
+    stripe = StripeProvider(KEY, timeout=1.0, return_url=RETURN_URL)
+    route = respx_mock.post("/v1/payment_intents/pi_1/confirm").respond(
+        200,
+        json={
+            **payment_intent("pi_1", REQUIRES_ACTION),
+            "next_action": redirect_action(AUTHENTICATION_URL),
+        },
+    )
+    intent = await stripe.authorize("pi_1", "k")
+    assert form(route.calls.last.request)["return_url"] == [RETURN_URL]
+    assert intent.status == REQUIRES_ACTION
+    assert intent.next_action_url == AUTHENTICATION_URL
+
+
+@pytest.mark.parametrize(
+    "url", ["javascript:alert(1)", "http://hooks.stripe.com/x", "", None]
+)
+def test_redirect_other_than_https_is_dropped(url: str | None) -> None:
+    body = {**payment_intent("pi_1", REQUIRES_ACTION)}
+    body["next_action"] = {"type": "redirect_to_url", "redirect_to_url": {"url": url}}
+    assert parse_intent(body).next_action_url is None
 
 
 @respx.mock(base_url=API)
@@ -386,7 +427,9 @@ async def test_retry_after_lost_response_reuses_the_key(
 class FakeStripe:
     """A stateful stand-in for Stripe's PaymentIntents endpoints under respx."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, authentication: bool = False) -> None:
+        # Whether confirming needs the viewer's 3-D Secure step first.
+        self.authentication = authentication
         self.intents: dict[str, dict[str, Any]] = {}
         self.responses: dict[str, httpx.Response] = {}
         self.ids = itertools.count(1)
@@ -424,6 +467,11 @@ class FakeStripe:
             status = self.intents[id]["status"]
             if verb == "confirm" and status == "requires_confirmation":
                 self.intents[id] = payment_intent(id, REQUIRES_CAPTURE)
+                if self.authentication:
+                    self.intents[id] = {
+                        **payment_intent(id, REQUIRES_ACTION),
+                        "next_action": redirect_action(AUTHENTICATION_URL),
+                    }
             elif verb == "capture" and status == REQUIRES_CAPTURE:
                 self.captures += 1
                 self.intents[id] = payment_intent(id, SUCCEEDED, amount_received=499)
@@ -484,3 +532,33 @@ async def test_purchase_and_refund_through_stripe(tmp_path: Path) -> None:
                 assert await check_invariants(connection) == []
     assert fake.captures == 1
     assert fake.refunds == 1
+
+
+async def test_authentication_through_stripe(tmp_path: Path) -> None:
+    fake = FakeStripe(authentication=True)
+    clock = FakeClock()
+    with respx.mock(base_url=API, assert_all_called=False) as mock:
+        fake.install(mock)
+        url = f"sqlite+aiosqlite:///{tmp_path / 'origin.db'}"
+        stripe = StripeProvider(KEY, return_url=RETURN_URL)
+        async with running_origin(url, stripe, clock) as origin:
+            await publish(origin.client)
+            viewer = await new_viewer(origin.client)
+            bought = await buy(origin.client, viewer)
+            assert bought.status_code == 202, bought.text
+            body = bought.json()
+            assert body["status"] == "requires_action"
+            assert body["next_action"]["url"] == AUTHENTICATION_URL
+            # The viewer completes 3-D Secure on Stripe's page; the saga's
+            # next check of the waiting purchase reads the intent back.
+            (intent_id,) = fake.intents
+            fake.intents[intent_id] = payment_intent(intent_id, REQUIRES_CAPTURE)
+            clock.advance(31)
+            assert await origin.saga.recover() == [body["purchase_id"]]
+            done = await origin.client.get(
+                f"/v1/purchases/{body['purchase_id']}", headers=viewer
+            )
+            assert done.json()["status"] == "granted"
+            async with origin.engine.connect() as connection:
+                assert await check_invariants(connection) == []
+    assert fake.captures == 1

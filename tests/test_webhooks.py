@@ -584,3 +584,53 @@ def test_dlq_commands_call_admin_api(monkeypatch: pytest.MonkeyPatch) -> None:
         ("GET", "/v1/admin/outbox"),
         ("POST", "/v1/admin/outbox/resend"),
     ]
+
+
+async def waiting_purchase(running: RunningOrigin, world: World) -> tuple[str, str]:
+    """Buy with the 3-D Secure card, leaving the purchase requires_action."""
+    response = await buy(
+        running.client,
+        await new_viewer(running.client),
+        "pm_card_authenticationRequired",
+    )
+    assert response.status_code == 202, response.text
+    [purchase_id] = await purchase_ids(running.engine)
+    assert await status_of(running.engine, purchase_id) == "requires_action"
+    [intent] = world.sandbox.intents_for(purchase_id)
+    return purchase_id, intent["authentication_id"]
+
+
+async def test_capturable_event_ends_authentication(world: World) -> None:
+    async with world.origin() as running:
+        purchase_id, authentication_id = await waiting_purchase(running, world)
+        # The issuer records the viewer's approval; only the webhook tells
+        # the origin.
+        intent = await world.sandbox.complete_authentication(authentication_id, True)
+        body = stripe_event(
+            "payment_intent.amount_capturable_updated",
+            intent_object(intent.id, "requires_capture"),
+        )
+        response = await post_stripe(running, body)
+        status = await status_of(running.engine, purchase_id)
+        steps = await succeeded_steps(running.engine, purchase_id)
+    assert response.json()["status"] == "processed"
+    assert status == "granted"
+    assert steps[-4:] == ["authentication", "authorization", "capture", "grant"]
+
+
+async def test_failed_authentication_event_declines(world: World) -> None:
+    async with world.origin() as running:
+        purchase_id, authentication_id = await waiting_purchase(running, world)
+        intent = await world.sandbox.complete_authentication(authentication_id, False)
+        body = stripe_event(
+            "payment_intent.payment_failed",
+            intent_object(
+                intent.id,
+                "requires_payment_method",
+                last_payment_error={"code": "payment_intent_authentication_failure"},
+            ),
+        )
+        response = await post_stripe(running, body)
+        status = await status_of(running.engine, purchase_id)
+    assert response.json()["status"] == "processed"
+    assert status == "declined"

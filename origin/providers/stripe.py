@@ -7,6 +7,12 @@ void the authorization. Refunds go through ``POST /v1/refunds``. Every
 response per key (including a 500) and replays it, so only answers that
 Stripe marks as retryable are raised as retryable.
 
+An issuer that demands authentication (3-D Secure) leaves the intent
+``requires_action``. When the provider was given a ``return_url``, confirms
+send it, so Stripe's ``next_action`` is ``redirect_to_url`` and its URL
+becomes the intent's ``next_action_url``; Stripe's ``payment_intent.
+amount_capturable_updated`` webhook then reports the completed step.
+
 Reads expand ``latest_charge``, whose ``amount_refunded`` and
 ``payment_method_details.card.capture_before`` (when the authorization
 expires) the saga needs.
@@ -59,9 +65,11 @@ class StripeProvider:
         api_url: str = API_URL,
         api_version: str = API_VERSION,
         timeout: float = 30.0,
+        return_url: str | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("the Stripe provider needs a secret API key (sk_...)")
+        self._return_url = return_url
         self._client = httpx.AsyncClient(
             base_url=api_url,
             timeout=timeout,
@@ -88,8 +96,11 @@ class StripeProvider:
         return parse_intent(body)
 
     async def authorize(self, intent_id: str, idempotency_key: str) -> PaymentIntent:
+        form = dict(EXPAND_CHARGE)
+        if self._return_url:
+            form["return_url"] = self._return_url
         body = await self._post(
-            f"/v1/payment_intents/{intent_id}/confirm", EXPAND_CHARGE, idempotency_key
+            f"/v1/payment_intents/{intent_id}/confirm", form, idempotency_key
         )
         return parse_intent(body)
 
@@ -204,4 +215,16 @@ def parse_intent(body: dict[str, Any]) -> PaymentIntent:
         capture_before=capture_before,
         cancellation_reason=body.get("cancellation_reason"),
         decline_code=last_error.get("decline_code") or last_error.get("code"),
+        next_action_url=_redirect_url(body.get("next_action")),
     )
+
+
+def _redirect_url(next_action: Any) -> str | None:
+    """Return the URL of a ``redirect_to_url`` next action, or None."""
+    if not isinstance(next_action, dict):
+        return None
+    if next_action.get("type") != "redirect_to_url":
+        return None
+    redirect = next_action.get("redirect_to_url") or {}
+    url = redirect.get("url")
+    return url if isinstance(url, str) and url.startswith("https://") else None
