@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # hls.js for the browser tests, pinned by package-lock.json there.
 HLS_JS_DIR := tests/browser
+# hls.js for the storefront's player, which the origin serves from here.
+STOREFRONT_DIR := origin/storefront
 
-.PHONY: demo test lint tools media clean
+.PHONY: demo test lint tools storefront media clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml
 # System tools the tests drive as real clients: ffmpeg, Chromium and hls.js.
 # apt-get needs root and hls.js needs npm; without them the tests that need a
 # missing tool are skipped and say which tool.
-tools: $(HLS_JS_DIR)/node_modules/.package-lock.json
+tools: $(HLS_JS_DIR)/node_modules/.package-lock.json storefront
 	@if ! command -v ffmpeg >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y --no-install-recommends ffmpeg >/dev/null || \
@@ -41,7 +43,14 @@ $(HLS_JS_DIR)/node_modules/.package-lock.json: $(HLS_JS_DIR)/package-lock.json
 	  cd $(HLS_JS_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm is missing, so hls.js cannot be installed: browser tests will be skipped"; fi
 
-demo: $(STAMP)
+$(STOREFRONT_DIR)/node_modules/.package-lock.json: $(STOREFRONT_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd $(STOREFRONT_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm is missing, so hls.js cannot be installed: the storefront's player will say so"; fi
+
+storefront: $(STOREFRONT_DIR)/node_modules/.package-lock.json
+
+demo: $(STAMP) storefront
 	$(BIN)/segmentgate demo
 
 test: $(STAMP) tools

@@ -24,6 +24,7 @@ from origin import (
     playback,
     purchases,
     sandbox_issuer,
+    storefront,
     viewers,
     webhooks,
 )
@@ -147,6 +148,7 @@ def create_app(
         *playback.routes,
         *purchases.routes,
         *sandbox_issuer.routes,
+        *storefront.routes,
         *feeds.routes,
         *admin.routes,
         *webhooks.routes,

@@ -71,6 +71,7 @@ UPSTREAM_INVALID = ProblemType(
     "upstream-invalid", 502, "Upstream sent an invalid playlist"
 )
 INTERNAL = ProblemType("internal", 500, "Internal error")
+ASSET_MISSING = ProblemType("asset-missing", 503, "A file of the page is not installed")
 WEBHOOK_SIGNATURE_MISSING = ProblemType(
     "webhook-signature-missing", 400, "Webhook signature is missing"
 )
