@@ -46,6 +46,10 @@ const state = {
   lockReason: "preview",
   resumeTries: 0,
   relockTries: 0,
+  // The key, title and card of a purchase request that got no answer.
+  unansweredBuy: null,
+  // Unlocked, but playback has not passed the preview's end yet.
+  resuming: false,
   purchases: new Map(),
   polling: new Set(),
   banners: new Map(),
@@ -95,12 +99,13 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body, { idempotent = false } = {}) {
+async function api(method, path, body, { idempotent = false, key = null } = {}) {
   const headers = { Accept: "application/json" };
   if (state.viewer) headers.Authorization = `Bearer ${state.viewer.viewer_token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  // A new key per action: the origin runs each purchase or refund once.
-  if (idempotent) headers["Idempotency-Key"] = crypto.randomUUID();
+  // One key per action: the origin runs each purchase or refund once,
+  // however often the same request is sent.
+  if (idempotent) headers["Idempotency-Key"] = key || crypto.randomUUID();
   let response;
   try {
     response = await fetch(path, {
@@ -113,7 +118,7 @@ async function api(method, path, body, { idempotent = false } = {}) {
     showBanner(
       "origin",
       `The origin (${location.host}) cannot be reached, so the catalog and ` +
-        "purchases are not up to date. The page retries every few seconds.",
+        "purchases may be out of date until it answers again.",
     );
     throw new ApiError(`the origin cannot be reached (${error.message})`, 0, null);
   }
@@ -383,7 +388,11 @@ function onPlayerError(event, data) {
         ? "The edge cannot confirm access with the origin right now."
         : `The edge cannot fetch the video right now (${reason || code}).`,
     );
-  } else if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
+  } else if (
+    // Loads that stopLoad() aborted report "aborted" and are no trouble.
+    data.type === Hls.ErrorTypes.NETWORK_ERROR &&
+    /Load(Error|TimeOut)$/.test(data.details)
+  ) {
     edgeTrouble(data, `The edge (${edgeHost()}) cannot be reached.`);
   } else if (data.fatal && data.type === Hls.ErrorTypes.MEDIA_ERROR) {
     state.hls.recoverMediaError();
@@ -469,6 +478,7 @@ function unlock() {
   $("overlay").dataset.paywall = "";
   hideOverlay();
   note("unlock");
+  state.resuming = true;
   resume();
 }
 
@@ -654,6 +664,14 @@ async function buy(event) {
   const item = state.item;
   const card = new FormData($("buy")).get("card");
   const button = $("buy-button");
+  // A purchase whose request got no answer is sent again with its key, so
+  // that the origin runs it at most once.
+  const unanswered = state.unansweredBuy;
+  const key =
+    unanswered && unanswered.contentId === item.content_id && unanswered.card === card
+      ? unanswered.key
+      : crypto.randomUUID();
+  state.unansweredBuy = null;
   button.disabled = true;
   setBuyMessage("wait", `Paying with ${CARD_NAMES[card] || card}…`);
   note("buy", { card });
@@ -663,12 +681,13 @@ async function buy(event) {
         "POST",
         "/v1/purchases",
         { content_id: item.content_id, payment_method: card },
-        { idempotent: true },
+        { idempotent: true, key },
       ),
     );
     setBuyMessage(...outcomeText(data));
     track(data);
   } catch (error) {
+    if (error.status === 0) state.unansweredBuy = { key, contentId: item.content_id, card };
     setBuyMessage("error", purchaseErrorText(error));
   } finally {
     button.disabled = false;
@@ -676,7 +695,9 @@ async function buy(event) {
 }
 
 function purchaseErrorText(error) {
-  if (error.status === 0) return "The origin cannot be reached, so nothing was charged. Try again shortly.";
+  if (error.status === 0) {
+    return "The origin cannot be reached. Buying again resends the same request, so the card is charged at most once.";
+  }
   if (error.status === 409) return `No new purchase: ${error.message}.`;
   if (error.status === 422) return `The card cannot be used: ${error.message}.`;
   return `The purchase could not start: ${error.message}.`;
@@ -729,7 +750,8 @@ function renderPurchase(purchase) {
     outcome.className = `outcome-${step.outcome}`;
     outcome.textContent = step.outcome.replace("_", " ");
     entry.append(name, outcome);
-    if (step.detail && !step.detail.startsWith("pi_")) {
+    // Provider ids (pi_…, re_…) mean nothing to the viewer.
+    if (step.detail && !/^(pi|re)_/.test(step.detail)) {
       entry.append(` (${step.detail})`);
     }
     steps.append(entry);
@@ -804,6 +826,10 @@ function wire() {
   video.addEventListener("timeupdate", () => {
     renderPosition();
     checkPaywall();
+    if (state.resuming && video.currentTime > previewEnd() + 0.05) {
+      state.resuming = false;
+      note("resumed");
+    }
   });
   video.addEventListener("waiting", checkPaywall);
   video.addEventListener("ended", checkPaywall);
