@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 def _instructions(stack: Stack, viewer_token: str, playlist_url: str) -> str:
     origin, edge = stack.origin_url, stack.edge_url
     return f"""
+Storefront: {origin}/   (open it in a browser)
+
 segmentgate demo is running.
   origin  {origin}   (catalog: {origin}/v1/catalog)
   edge    {edge}   (health: {edge}/_edge/healthz)
@@ -86,7 +88,8 @@ Watch the 10 s preview; after it the edge answers 402 Payment Required:
 
   ffplay "$URL"      # or: ffmpeg -i "$URL" -map 0 -c copy -f null -
 
-Buy it with the sandbox card (pm_card_chargeDeclined is declined):
+Buy it with the sandbox card (pm_card_chargeDeclined is declined, and
+pm_card_authenticationRequired waits for 3-D Secure at next_action.url):
 
   curl -s -X POST {origin}/v1/purchases -H "Authorization: Bearer $VT" \\
        -H "Content-Type: application/json" -H "Idempotency-Key: demo-1" \\

@@ -36,12 +36,20 @@ def test_demo_prints_working_steps_and_stops_on_interrupt() -> None:
         text = "".join(lines)
         assert "Press Ctrl+C" in text, text
         assert "admin token: demo-admin" in text
+        storefront = f"http://127.0.0.1:{origin_port}/"
+        instructions = text[text.index("Storefront:") :]
+        assert instructions.startswith(f"Storefront: {storefront} ")
         viewer_token = re.search(r"VT='([^']+)'", text).group(1)  # type: ignore[union-attr]
         url = re.search(r"URL='([^']+)'", text).group(1)  # type: ignore[union-attr]
         assert url.startswith(f"http://127.0.0.1:{edge_port}/sample/master.m3u8?sg=")
 
         with httpx.Client(timeout=10) as client:
             assert client.get(url).status_code == 200
+            page = client.get(storefront)
+            assert page.status_code == 200
+            assert "/storefront/hls.min.js" in page.text
+            player = client.get(f"{storefront}storefront/hls.min.js")
+            assert player.status_code == 200, "run `make storefront` for hls.js"
             # The purchase exactly as the printed curl command sends it.
             command = re.search(
                 r"(curl -s -X POST \S+/v1/purchases.*?)\n\n", text, re.S
