@@ -15,9 +15,9 @@ the step and the attempt (``pur_…:capture:1``), stored with the step.
 
 An authorization that requires action (3-D Secure) waits in the
 ``requires_action`` status until the viewer completes the issuer's step at
-the intent's ``next_action_url``. The saga then reads the intent back, when
-the issuer's page or a webhook asks it to, every ``action_poll_seconds``, and
-at ``action_seconds`` after the wait began; an authentication still not
+the intent's ``next_action_url``. The saga then reads the intent back when
+the issuer's page or a webhook runs it, every ``action_poll_seconds``, and
+``action_seconds`` after the wait began. An authentication still not
 completed then is voided.
 
 Capture waits until the authorization succeeded and the entitlement can
@@ -437,8 +437,8 @@ class PurchaseSaga:
         self, purchase: Purchase, owner: str, step_id: int, intent: PaymentIntent
     ) -> bool:
         if intent.status == REQUIRES_ACTION:
-            # Only the viewer can answer the issuer (3-D Secure), so the
-            # purchase waits for that instead of being run further.
+            # Only the viewer can complete the issuer's step (3-D Secure), so
+            # the purchase waits for it instead of being run further.
             await self._finish_and_move(
                 purchase,
                 owner,

@@ -2,8 +2,8 @@
 
 A sandbox intent that requires action names
 ``/v1/sandbox/authentications/{authentication_id}`` as its next action. The
-viewer approves or fails the authentication there; the page then records the
-answer at the sandbox and runs the purchase's saga, which reads the intent
+viewer approves or fails the authentication there. The page then records the
+result at the sandbox and runs the purchase's saga, which reads the intent
 back and captures, or ends the purchase declined. With another payment
 provider these routes answer 404.
 """
@@ -122,9 +122,9 @@ async def complete_authentication(request: Request) -> Response:
             )
         ).scalar()
     if purchase_id is not None and not await origin.saga.run(purchase_id):
-        # NOTE: the runner that holds the lease may have read the intent
-        # before this answer; the purchase then moves at its next check,
-        # action_poll_seconds later at most.
+        # NOTE: the runner that has the lease may have read the intent
+        # before this result, and the purchase then moves at its next
+        # check, action_poll_seconds later at most.
         logger.info("purchase %s is held by another runner", purchase_id)
     verb = "approved" if RESULTS[choice] else "failed"
     return _page(f"<p>Authentication {verb}. You can close this window.</p>")

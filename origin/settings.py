@@ -122,7 +122,15 @@ class OriginSettings:
         saga = SagaPolicy(
             lease_seconds=_seconds(
                 env, "SEGMENTGATE_SAGA_LEASE_SECONDS", SagaPolicy.lease_seconds
-            )
+            ),
+            action_seconds=_seconds(
+                env, "SEGMENTGATE_SAGA_ACTION_SECONDS", SagaPolicy.action_seconds
+            ),
+            action_poll_seconds=_seconds(
+                env,
+                "SEGMENTGATE_SAGA_ACTION_POLL_SECONDS",
+                SagaPolicy.action_poll_seconds,
+            ),
         )
         return cls(
             payment_provider=env.get("SEGMENTGATE_PAYMENT_PROVIDER", "sandbox"),

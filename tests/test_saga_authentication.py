@@ -1,8 +1,8 @@
 """Purchases whose authorization requires the viewer's authentication (3-D Secure).
 
 The sandbox card ``pm_card_authenticationRequired`` leaves the intent
-``requires_action``; the purchase waits in that status until the viewer
-answers on the sandbox issuer's page, served by the origin. Every scenario
+``requires_action``, and the purchase waits in that status until the viewer
+approves or fails it on the sandbox issuer's page, served by the origin. Every scenario
 ends with the store and the sandbox checked against each other.
 """
 
@@ -179,7 +179,7 @@ async def test_crash_while_waiting_resumes(world: World) -> None:
 async def test_approval_while_origin_down(world: World) -> None:
     async with world.origin() as first:
         _, purchase_id, url = await start_waiting(first)
-    # The viewer answers the issuer while no origin runs.
+    # The viewer approves at the issuer while no origin runs.
     await world.sandbox.complete_authentication(url.rsplit("/", 1)[1], True)
     world.clock.advance(RESTART_DELAY)
     async with world.origin() as recovered:
@@ -191,7 +191,7 @@ async def test_approval_just_before_timeout_wins(world: World) -> None:
     async with world.origin() as running:
         _, purchase_id, url = await start_waiting(running)
         world.clock.advance(PAST_DEADLINE)
-        # The answer lands at the sandbox, and the recovery pass runs
+        # The approval reaches the sandbox, and the recovery pass runs
         # before the issuer page's own run.
         await world.sandbox.complete_authentication(url.rsplit("/", 1)[1], True)
         await running.saga.recover()
@@ -203,7 +203,7 @@ class ApprovesAfterRead:
     """The sandbox, where the viewer approves right after the saga's read.
 
     The saga then decides on a stale ``requires_action`` intent while the
-    sandbox already holds the authorization.
+    sandbox has already authorized the card.
     """
 
     def __init__(self, sandbox: SandboxProvider) -> None:

@@ -1,10 +1,10 @@
 """The storefront page, driven in headless Chromium through a viewer's journey.
 
 The origin serves the page and hls.js; the page plays from the edge of the
-session's stack. The journey: the preview plays, the paywall appears at the
-preview's end, the declined card fails cleanly, the good card resumes
-playback on the same page, a refund stops it, and a card that needs 3-D
-Secure is approved on the sandbox issuer's page. Each step saves a
+session's stack. In the journey, the preview plays and the paywall appears
+at the preview's end. The declined card fails cleanly, the good card
+resumes playback on the same page, and a refund stops it. Last, a card
+that needs 3-D Secure is approved on the sandbox issuer's page. Each step saves a
 screenshot; the directory is printed. hls.js does not retry a 402 and reports
 denials only as non-fatal errors, so the edge's access log is read to check
 what the edge answered.
@@ -329,7 +329,7 @@ def test_storefront_journey(
 
     assert journey.page_errors == []
     # The only console errors are the browser's own lines for the edge's
-    # 402 answers.
+    # 402 responses.
     assert all("402" in line for line in journey.console_errors), journey.console_errors
 
 

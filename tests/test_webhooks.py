@@ -603,8 +603,8 @@ async def waiting_purchase(running: RunningOrigin, world: World) -> tuple[str, s
 async def test_capturable_event_ends_authentication(world: World) -> None:
     async with world.origin() as running:
         purchase_id, authentication_id = await waiting_purchase(running, world)
-        # The issuer records the viewer's approval; only the webhook tells
-        # the origin.
+        # The issuer records the viewer's approval, and only the webhook
+        # reports it to the origin.
         intent = await world.sandbox.complete_authentication(authentication_id, True)
         body = stripe_event(
             "payment_intent.amount_capturable_updated",

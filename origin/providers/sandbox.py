@@ -164,9 +164,9 @@ class SandboxProvider:
     async def complete_authentication(
         self, authentication_id: str, approved: bool
     ) -> PaymentIntent:
-        """Record the viewer's answer on the issuer's page; return the intent.
+        """Record the viewer's result on the issuer's page; return the intent.
 
-        Completing it again with the same answer returns the intent as it
+        Completing it again with the same result returns the intent as it
         is now. Raise :class:`AuthenticationNotFound` for an unknown id and
         :class:`AuthenticationClosed` when the intent no longer waits for
         this answer.

@@ -1,6 +1,6 @@
 // The storefront: catalog, player and purchases, over the origin's public API.
 //
-// The player is hls.js. A preview session plays until the edge answers 402
+// The player is hls.js. A preview session plays until the edge responds with 402
 // (preview-ended) for the first segment past the preview; the page then
 // stops loading and shows the paywall where the buffered video ends. When a
 // purchase of the title is granted, the edge learns it from the origin's
@@ -46,7 +46,7 @@ const state = {
   lockReason: "preview",
   resumeTries: 0,
   relockTries: 0,
-  // The key, title and card of a purchase request that got no answer.
+  // The key, title and card of a purchase request that got no response.
   unansweredBuy: null,
   // Unlocked, but playback has not passed the preview's end yet.
   resuming: false,
@@ -132,7 +132,7 @@ async function api(method, path, body, { idempotent = false, key = null } = {}) 
 }
 
 // Runs ``call`` as the viewer, creating a viewer when there is none or when
-// the origin no longer knows the stored one (a new demo store, for example).
+// the origin no longer has the stored one (a new demo store, for example).
 async function asViewer(call) {
   if (!state.viewer) await newViewer();
   try {
@@ -339,7 +339,7 @@ function previewEnd() {
   return state.session ? state.session.preview_seconds : 0;
 }
 
-// The end of the buffered range that holds the current position.
+// The end of the buffered range that contains the current position.
 function bufferedEnd() {
   const ranges = video.buffered;
   for (let i = 0; i < ranges.length; i++) {
@@ -412,8 +412,8 @@ function edgeHost() {
   }
 }
 
-// hls.js retries network errors by itself; once it gives up (a fatal
-// error) the page says so and starts loading again a few seconds later.
+// hls.js retries network errors by itself. Once it gives up (a fatal
+// error), the page shows a message and starts loading again a few seconds later.
 function edgeTrouble(data, text) {
   if (!data.fatal) {
     showBanner("edge", `${text} The player retries.`);
@@ -498,7 +498,7 @@ function resume() {
 }
 
 // After a refund: drop what is buffered past the preview, so the edge is
-// asked again and answers 402.
+// asked again and responds with 402.
 function relock() {
   renderAccess();
   if (!state.hls || !state.item) return;
@@ -664,14 +664,16 @@ async function buy(event) {
   const item = state.item;
   const card = new FormData($("buy")).get("card");
   const button = $("buy-button");
-  // A purchase whose request got no answer is sent again with its key, so
-  // that the origin runs it at most once.
+
+  // A purchase whose request got no response is sent again with its key,
+  // and the origin's idempotency keys make it run at most once.
   const unanswered = state.unansweredBuy;
   const key =
     unanswered && unanswered.contentId === item.content_id && unanswered.card === card
       ? unanswered.key
       : crypto.randomUUID();
   state.unansweredBuy = null;
+
   button.disabled = true;
   setBuyMessage("wait", `Paying with ${CARD_NAMES[card] || card}…`);
   note("buy", { card });
@@ -786,6 +788,7 @@ function openAuthentication(purchase, again = false) {
   const url = purchase.next_action ? purchase.next_action.url : null;
   const frame = $("authentication-frame");
   const link = $("authentication-link");
+  $("authentication-none").hidden = Boolean(url);
   if (url && url.startsWith("/")) {
     // The sandbox issuer's page, served by this origin.
     frame.hidden = false;
