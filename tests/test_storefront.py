@@ -275,11 +275,13 @@ def test_storefront_journey(
     ]
     (granted,) = [e for e in journey.events("purchase") if e["status"] == "granted"]
     (resumed,) = journey.events("resumed")
+    clicked = journey.events("buy")[-1]
     with capsys.disabled():
         print(f"\nstorefront screenshots: {journey.shots}")
         print(
             f"playback passed the preview {resumed['at'] - granted['at']:.0f} ms "
-            "after the page read the granted purchase"
+            "after the page read the granted purchase, "
+            f"{resumed['at'] - clicked['at']:.0f} ms after the click on Buy"
         )
     access_log.settle()
     served = past_preview(access_log.since(bought, "/sample/"))
