@@ -417,4 +417,3 @@ async def test_expiry_recorded_while_authorized(world: World) -> None:
     assert ("authorization", "expired") in [
         (step["step"], step["outcome"]) for step in body["steps"]
     ]
-
