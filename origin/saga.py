@@ -219,6 +219,14 @@ class PurchaseSaga:
             await self._drive(purchase_id, owner)
         return taken
 
+    async def resume(self, purchase_id: str) -> None:
+        """Run the purchase's remaining steps now, unless another runner holds it.
+
+        The run goes on in its own task if the request that calls this is
+        canceled, as a purchase or refund request's does.
+        """
+        await self._shielded(self.run(purchase_id))
+
     async def recover(self, limit: int = 100) -> list[str]:
         """Resume purchases whose runner stopped or whose retry is due.
 

@@ -121,11 +121,17 @@ async def complete_authentication(request: Request) -> Response:
                 )
             )
         ).scalar()
-    if purchase_id is not None and not await origin.saga.run(purchase_id):
-        # NOTE: the runner that has the lease may have read the intent
-        # before this result, and the purchase then moves at its next
-        # check, action_poll_seconds later at most.
-        logger.info("purchase %s is held by another runner", purchase_id)
+    logger.info(
+        "sandbox authentication of %s (purchase %s): %s",
+        intent.id,
+        purchase_id,
+        choice,
+    )
+    if purchase_id is not None:
+        # NOTE: a runner that has the lease may have read the intent before
+        # this result, and the purchase then moves at its next check,
+        # action_poll_seconds later at most.
+        await origin.saga.resume(purchase_id)
     verb = "approved" if RESULTS[choice] else "failed"
     return _page(f"<p>Authentication {verb}. You can close this window.</p>")
 

@@ -27,6 +27,7 @@ from origin.providers.base import (
     InvalidPaymentRequest,
     to_minor_units,
 )
+from origin.providers.sandbox import AuthenticationClosed, AuthenticationNotFound
 from tests.saga_harness import FakeClock
 
 
@@ -84,6 +85,65 @@ async def test_authentication_required_card_needs_action() -> None:
         REQUIRES_ACTION
     )
     assert (await sandbox.void(intent.id, "k:void")).status == CANCELED
+
+
+async def waiting_intent(sandbox: SandboxProvider) -> tuple[str, str]:
+    """Return the id and authentication id of an intent that requires action."""
+    intent = await sandbox.create_intent(
+        request("pm_card_authenticationRequired"), "k:intent"
+    )
+    waiting = await sandbox.authorize(intent.id, "k:authorize")
+    assert waiting.next_action_url is not None
+    assert waiting.next_action_url.startswith("/v1/sandbox/authentications/sa_")
+    return intent.id, waiting.next_action_url.rsplit("/", 1)[1]
+
+
+async def test_approved_authentication_authorizes() -> None:
+    clock = FakeClock()
+    sandbox = SandboxProvider(clock=clock)
+    intent_id, authentication_id = await waiting_intent(sandbox)
+    approved = await sandbox.complete_authentication(authentication_id, True)
+    assert approved.status == REQUIRES_CAPTURE
+    assert approved.capture_before == clock.now + 7 * 24 * 3600
+    assert approved.next_action_url is None
+    assert (await sandbox.retrieve(intent_id)).status == REQUIRES_CAPTURE
+    again = await sandbox.complete_authentication(authentication_id, True)
+    assert again.status == REQUIRES_CAPTURE
+    with pytest.raises(AuthenticationClosed) as closed:
+        await sandbox.complete_authentication(authentication_id, False)
+    assert closed.value.result == "approved"
+
+
+async def test_failed_authentication_declines() -> None:
+    sandbox = SandboxProvider()
+    intent_id, authentication_id = await waiting_intent(sandbox)
+    failed = await sandbox.complete_authentication(authentication_id, False)
+    assert failed.status == REQUIRES_PAYMENT_METHOD
+    assert failed.decline_code == "payment_intent_authentication_failure"
+    with pytest.raises(PaymentStateError):
+        await sandbox.capture(intent_id, "k:capture")
+
+
+async def test_authentication_after_void_is_closed() -> None:
+    sandbox = SandboxProvider()
+    intent_id, authentication_id = await waiting_intent(sandbox)
+    await sandbox.void(intent_id, "k:void")
+    with pytest.raises(AuthenticationClosed) as closed:
+        await sandbox.complete_authentication(authentication_id, True)
+    assert closed.value.result is None
+    with pytest.raises(AuthenticationNotFound):
+        await sandbox.complete_authentication("sa_unknown", True)
+
+
+async def test_authentication_outlives_restart(tmp_path: Path) -> None:
+    state = tmp_path / "sandbox.json"
+    intent_id, authentication_id = await waiting_intent(
+        SandboxProvider(state_path=state)
+    )
+    restarted = SandboxProvider(state_path=state)
+    await restarted.complete_authentication(authentication_id, True)
+    reread = SandboxProvider(state_path=state)
+    assert (await reread.retrieve(intent_id)).status == REQUIRES_CAPTURE
 
 
 async def test_unknown_payment_method_is_rejected() -> None:

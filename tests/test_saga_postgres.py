@@ -120,3 +120,37 @@ async def test_crash_after_capture_resumes(
         (purchase_id,) = await purchase_ids(recovered.engine)
         assert await status_of(recovered.engine, purchase_id) == "granted"
         await assert_consistent(recovered.engine, sandbox)
+
+
+async def test_authentication_waits_then_times_out(
+    database_url: str, sandbox: SandboxProvider, clock: FakeClock
+) -> None:
+    async with running_origin(
+        database_url, sandbox, clock, master_key=MASTER_KEY
+    ) as running:
+        await publish(running.client)
+        viewer = await new_viewer(running.client)
+        approved = await buy(running.client, viewer, "pm_card_authenticationRequired")
+        assert approved.json()["status"] == "requires_action"
+        # A second purchase of the same content is rejected while one waits.
+        second = await buy(running.client, viewer)
+        assert second.status_code == 409
+        url = approved.json()["next_action"]["url"]
+        done = await running.client.post(
+            url,
+            content="result=approve",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert done.status_code == 200, done.text
+        purchase_id = approved.json()["purchase_id"]
+        assert await status_of(running.engine, purchase_id) == "granted"
+        refunded = await refund(running.client, viewer, purchase_id)
+        assert refunded.json()["status"] == "refunded"
+
+        waiting = await buy(running.client, viewer, "pm_card_authenticationRequired")
+        assert waiting.json()["status"] == "requires_action"
+        clock.advance(1000)
+        await running.saga.recover()
+        timed_out = waiting.json()["purchase_id"]
+        assert await status_of(running.engine, timed_out) == "failed"
+        await assert_consistent(running.engine, sandbox)
