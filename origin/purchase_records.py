@@ -4,15 +4,16 @@ A purchase moves through these statuses; every move is one transaction
 that also records the step that caused it::
 
     pending → authorized → captured → granted
-      │  ↑      │            │         └─ refund requested: refunding → refunded
-      │  │      │            ├─ refund requested: refunding → refunded
-      │  │      │            └─ grant impossible: refunding → failed
-      │  │      ├─ refund requested: voiding → canceled
-      │  │      └─ expired or not grantable: voiding → failed
-      │  requires_action (the issuer wants the viewer to authenticate)
-      │         ├─ authentication failed: declined
-      │         ├─ not completed in time: voiding → failed
-      │         └─ refund requested: voiding → canceled
+      │         │            │         └─ refund requested: refunding → refunded
+      │         │            ├─ refund requested: refunding → refunded
+      │         │            └─ grant impossible: refunding → failed
+      │         ├─ refund requested: voiding → canceled
+      │         └─ expired or not grantable: voiding → failed
+      ├─ issuer wants the viewer to authenticate: requires_action
+      │    ├─ authenticated: authorized (and on as above)
+      │    ├─ authentication failed: declined
+      │    ├─ not completed in time: voiding → failed
+      │    └─ refund requested: voiding → canceled
       ├─ declined
       └─ failed
 

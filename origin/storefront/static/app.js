@@ -224,6 +224,7 @@ function renderCatalog() {
 
 function showOverlay(title, text, action = null) {
   $("overlay").hidden = false;
+  $("overlay").dataset.paywall = "";
   $("overlay-title").textContent = title;
   $("overlay-text").textContent = text;
   const button = $("overlay-action");
@@ -237,6 +238,7 @@ function showOverlay(title, text, action = null) {
 
 function hideOverlay() {
   $("overlay").hidden = true;
+  $("overlay").dataset.paywall = "";
 }
 
 function ownsItem() {
@@ -475,7 +477,6 @@ function unlock() {
   if (!state.locked) return;
   state.locked = false;
   state.resumeTries = 0;
-  $("overlay").dataset.paywall = "";
   hideOverlay();
   note("unlock");
   state.resuming = true;
