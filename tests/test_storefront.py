@@ -441,3 +441,45 @@ def test_expired_session_offers_new_one(
     assert len(journey.events("session")) == 2
     assert journey.overlay_title() is None
     assert journey.page_errors == []
+
+
+def test_failed_authentication_and_cancel(journey: Journey) -> None:
+    page = journey.page
+    journey.wait("window.storefront.events.some((e) => e.name === 'playing')", "play")
+    frame = page.frame_locator("#authentication-frame")
+
+    journey.buy("pm_card_authenticationRequired")
+    journey.wait("document.getElementById('authentication').open", "issuer page")
+    frame.locator("button[value=fail]").click()
+    journey.wait(
+        "document.querySelector('#purchases article')?.dataset.status === 'declined'",
+        "decline after failed authentication",
+    )
+    journey.wait("!document.getElementById('authentication').open", "dialog closed")
+    journey.shot("13-authentication-failed")
+    assert page.text_content("#buy-message") == (
+        "Payment declined: the bank's authentication failed. Try another card."
+    )
+    assert journey.latest_steps()[-1] == (
+        "authentication declined (payment_intent_authentication_failure)"
+    )
+
+    journey.buy("pm_card_authenticationRequired")
+    journey.wait(
+        "document.querySelector('#purchases article')?.dataset.status === "
+        "'requires_action'",
+        "second purchase waiting",
+    )
+    journey.wait("document.getElementById('authentication').open", "issuer page")
+    page.click("#authentication-cancel")
+    journey.wait(
+        "document.querySelector('#purchases article')?.dataset.status === 'canceled'",
+        "cancel",
+    )
+    journey.shot("14-authentication-canceled")
+    assert page.text_content("#buy-message") == (
+        "The purchase was canceled. Nothing was charged."
+    )
+    assert journey.latest_steps()[-1] == "void succeeded"
+    assert page.is_visible("#buy")
+    assert journey.page_errors == []
