@@ -7,7 +7,7 @@ resumes playback on the same page, and a refund stops it. Last, a card
 that needs 3-D Secure is approved on the sandbox issuer's page. Each step saves a
 screenshot; the directory is printed. hls.js does not retry a 402 and reports
 denials only as non-fatal errors, so the edge's access log is read to check
-what the edge answered.
+what the edge returned.
 
 Playwright's ``wait_for_function`` evaluates a string, which the page's
 Content-Security-Policy forbids, so waits poll ``page.evaluate`` instead.
@@ -106,7 +106,7 @@ class Journey:
     def js(self, expression: str) -> Any:
         return self.page.evaluate(f"() => ({expression})")
 
-    def wait(self, expression: str, what: str) -> Any:
+    def wait(self, expression: str, description: str) -> Any:
         """Poll ``expression`` until it is truthy; fail with the page's state."""
         deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
@@ -114,8 +114,8 @@ class Journey:
             if value:
                 return value
             self.page.wait_for_timeout(50)
-        self.shot(f"timeout-{what}")
-        pytest.fail(f"timed out waiting for {what}: {self.state()}")
+        self.shot(f"timeout-{description}")
+        pytest.fail(f"timed out waiting for {description}: {self.state()}")
 
     def state(self) -> dict[str, Any]:
         return dict(

@@ -735,13 +735,13 @@ function renderPurchase(purchase) {
 
   const head = document.createElement("div");
   head.className = "purchase-head";
-  const what = document.createElement("span");
+  const summary = document.createElement("span");
   const card = CARD_NAMES[purchase.payment_method] || purchase.payment_method;
-  what.textContent = `${itemTitle(purchase.content_id)} · ${purchase.price.amount} ${purchase.price.currency} · ${card}`;
+  summary.textContent = `${itemTitle(purchase.content_id)} · ${purchase.price.amount} ${purchase.price.currency} · ${card}`;
   const status = document.createElement("span");
   status.className = `status ${purchase.status}`;
   status.textContent = purchase.status.replace("_", " ");
-  head.append(what, status);
+  head.append(summary, status);
 
   const steps = document.createElement("ol");
   steps.className = "steps";
