@@ -96,6 +96,7 @@ def create_app(
         poll_interval=settings.relay_poll_interval,
         timeout=settings.relay_timeout,
         fault=settings.relay_fault,
+        jetstream_names=(settings.nats_stream, settings.nats_subject_prefix),
     )
     resilient = ResilientProvider(
         provider or build_provider(settings, clock), settings.provider_calls
