@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +101,11 @@ class EdgeSettings:
 
     @classmethod
     def from_env(cls) -> EdgeSettings:
-        env = os.environ
+        return cls.from_mapping(os.environ)
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> EdgeSettings:
+        """Read ``SEGMENTGATE_EDGE_*`` settings from ``env``."""
         media_root = env.get("SEGMENTGATE_EDGE_MEDIA_ROOT")
         return cls(
             origin_url=env.get("SEGMENTGATE_EDGE_ORIGIN_URL", "http://127.0.0.1:8100"),
