@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # hls.js for the browser tests, pinned by package-lock.json there.
 HLS_JS_DIR := tests/browser
+# The Workers runtime (workerd) for the Worker smoke test, pinned likewise.
+WORKERD_DIR := tests/workerd
 
 .PHONY: demo test lint tools media clean
 
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml
 # System tools the tests drive as real clients: ffmpeg, Chromium and hls.js.
 # apt-get needs root and hls.js needs npm; without them the tests that need a
 # missing tool are skipped and say which tool.
-tools: $(HLS_JS_DIR)/node_modules/.package-lock.json
+tools: $(HLS_JS_DIR)/node_modules/.package-lock.json $(WORKERD_DIR)/node_modules/.package-lock.json
 	@if ! command -v ffmpeg >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y --no-install-recommends ffmpeg >/dev/null || \
@@ -40,6 +42,11 @@ $(HLS_JS_DIR)/node_modules/.package-lock.json: $(HLS_JS_DIR)/package-lock.json
 	@if command -v npm >/dev/null; then \
 	  cd $(HLS_JS_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm is missing, so hls.js cannot be installed: browser tests will be skipped"; fi
+
+$(WORKERD_DIR)/node_modules/.package-lock.json: $(WORKERD_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd $(WORKERD_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm is missing, so workerd cannot be installed: the Worker smoke test will be skipped"; fi
 
 demo: $(STAMP)
 	$(BIN)/segmentgate demo
