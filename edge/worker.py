@@ -14,6 +14,11 @@ isolate per interval.
 :func:`on_fetch` is the Workers entry point. :mod:`edge.worker_bridge`
 turns the runtime's ``Request`` into an ASGI scope, with ``env``, and the
 ASGI response into a ``Response``.
+
+NOTE: the edge reaches the origin and an HTTP upstream through httpx, whose
+default transport opens sockets, which Pyodide does not have. A transport
+over the Workers ``fetch`` API is still missing, so on Workers the edge
+cannot reach the origin or an HTTP upstream yet.
 """
 
 from __future__ import annotations
@@ -97,8 +102,8 @@ class WorkerApp:
         if now - self._synced_at < self._sync_seconds:
             return
         self._synced_at = now
-        # Edge.sync logs its own failures; a request still gets an answer
-        # from what the isolate knows, within the offline grace period.
+        # Edge.sync logs its own failures. The request is then decided on
+        # what the isolate knows, within the offline grace period.
         await app.state.edge.sync()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -117,5 +122,5 @@ worker_app = WorkerApp()
 
 
 async def on_fetch(request: Any, env: Any) -> Any:
-    """Answer one Workers request with the edge."""
+    """Serve one Workers request with the edge."""
     return await serve_fetch(worker_app, request, env)

@@ -267,6 +267,6 @@ def test_worker_entry_imports_in_workerd(runtime: Runtime) -> None:
     if response.status_code == 503 and "Error" in response.text:
         # NOTE: workerd 1.20240701.0 has no cryptography package offline,
         # which PyJWT needs for EdDSA and ES256, so the edge itself cannot
-        # run there; docs/deploy/workers.md says what that means.
+        # run there. docs/deploy/workers.md describes the consequences.
         pytest.skip(f"{RUNTIME_VERSION} cannot import the edge: {response.text}")
     assert response.status_code in (200, 503), runtime.log.read_text()[-3000:]
