@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -173,3 +174,29 @@ async def test_pre_alembic_store_is_adopted(engine: AsyncEngine) -> None:
     assert event.event_id == "ev_1"
     assert event.payload == {"version": 1}
 
+
+def test_migrate_command_upgrades_store(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "segmentgate", "origin", "migrate"],
+        env={**os.environ, "SEGMENTGATE_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    async def revision() -> str | None:
+        engine = create_engine(url)
+        try:
+            return await revision_of(engine)
+        finally:
+            await engine.dispose()
+
+    assert result.returncode == 0, result.stderr
+    head = migrations.head_revision()
+    assert f"store is at schema revision {head}" in result.stdout
+    assert asyncio.run(revision()) == head
