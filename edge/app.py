@@ -55,7 +55,11 @@ PLAYLIST_MEDIA_TYPE = "application/vnd.apple.mpegurl"
 class Edge:
     """The edge's state: keys, entitlements, gate and upstream."""
 
-    def __init__(self, settings: EdgeSettings) -> None:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.settings = settings
         self.link = OriginLink(
             settings.origin_url,
@@ -65,6 +69,7 @@ class Edge:
             grace_period=settings.grace_period,
             failure_threshold=settings.origin_failure_threshold,
             reset_timeout=settings.origin_reset_timeout,
+            transport=transport,
         )
         self.keys = KeySet(self._fetch_jwks, settings.jwks_refresh_interval)
         self.lookups: RevalidatingCache[tuple[str, str], EntitlementState] = (
@@ -120,7 +125,7 @@ class Edge:
         self._sync_failure_logged = -float("inf")
         self.upstream: Upstream
         if settings.upstream_url:
-            self.upstream = HttpUpstream(settings.upstream_url)
+            self.upstream = HttpUpstream(settings.upstream_url, transport=transport)
         else:
             assert settings.media_root is not None  # EdgeSettings requires one
             self.upstream = FileUpstream(settings.media_root)
@@ -348,9 +353,15 @@ class _AnyPathConvertor(Convertor[str]):
 register_url_convertor("anypath", _AnyPathConvertor())
 
 
-def create_app(settings: EdgeSettings) -> Starlette:
-    """Build the edge ASGI application."""
-    edge = Edge(settings)
+def create_app(
+    settings: EdgeSettings, transport: httpx.AsyncBaseTransport | None = None
+) -> Starlette:
+    """Build the edge ASGI application.
+
+    ``transport`` carries its requests to the origin and an HTTP upstream;
+    the default opens sockets.
+    """
+    edge = Edge(settings, transport)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

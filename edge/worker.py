@@ -15,10 +15,9 @@ isolate per interval.
 turns the runtime's ``Request`` into an ASGI scope, with ``env``, and the
 ASGI response into a ``Response``.
 
-NOTE: the edge reaches the origin and an HTTP upstream through httpx, whose
-default transport opens sockets, which Pyodide does not have. A transport
-over the Workers ``fetch`` API is still missing, so on Workers the edge
-cannot reach the origin or an HTTP upstream yet.
+On Workers the edge reaches the origin and an HTTP upstream through the
+runtime's ``fetch`` (:mod:`edge.fetch_transport`), because Pyodide has no
+sockets for httpx's default transport.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from edge.app import create_app
+from edge.fetch_transport import FetchTransport
 from edge.settings import EdgeSettings
 from edge.worker_bridge import serve_fetch
 
@@ -118,7 +118,11 @@ class WorkerApp:
                 return
 
 
-worker_app = WorkerApp()
+def _build_for_workers(settings: EdgeSettings) -> Any:
+    return create_app(settings, transport=FetchTransport())
+
+
+worker_app = WorkerApp(_build_for_workers)
 
 
 async def on_fetch(request: Any, env: Any) -> Any:

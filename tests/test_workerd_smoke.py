@@ -14,8 +14,9 @@ requests may reach loopback addresses only:
 * the edge's real entry, ``edge.worker.on_fetch``, which the test skips,
   with the runtime's own error, when the entry cannot be imported there;
 * the entry's bridge (:mod:`edge.worker_bridge`) in front of a small ASGI
-  app that streams segments from the local media server, to play a few
-  segments through the runtime's ``Request`` and ``Response``.
+  app that fetches segments from the local media server with httpx over
+  :mod:`edge.fetch_transport`, to play a few segments through the
+  runtime's ``Request``, ``fetch`` and ``Response``.
 
 Everything is skipped, saying why, when workerd is not installed.
 """
@@ -69,27 +70,30 @@ except ImportError as exc:
 """
 
 # A stand-in for the edge behind the bridge: it streams whatever the media
-# server has at the same path, through the runtime's fetch.
+# server has at the same path, with httpx over the runtime's fetch.
 BRIDGED = """
 import sys
 
+import httpx
+
+from fetch_transport import FetchTransport
 from worker_bridge import serve_fetch
+
+client = httpx.AsyncClient(transport=FetchTransport())
 
 
 async def media(scope, receive, send):
-    from js import fetch
-
     await receive()
     upstream = scope["env"].UPSTREAM_URL + scope["path"]
-    response = await fetch(upstream)
-    body = bytes((await response.arrayBuffer()).to_py())
+    response = await client.get(upstream)
     headers = [
-        (b"content-type", (response.headers.get("content-type") or "").encode()),
+        (b"content-type", response.headers.get("content-type", "").encode()),
         (b"x-python-version", sys.version.split()[0].encode()),
         (b"x-query", scope["query_string"]),
     ]
-    await send({"type": "http.response.start", "status": response.status,
+    await send({"type": "http.response.start", "status": response.status_code,
                 "headers": headers})
+    body = response.content
     half = len(body) // 2
     await send({"type": "http.response.body", "body": body[:half],
                 "more_body": True})
@@ -121,7 +125,10 @@ def worker_config(bundle: Path, edge_port: int, bridge_port: int, upstream: str)
     bridge_modules = [
         ("main.py", bundle / "bridged.py"),
         ("worker_bridge.py", REPO / "edge/worker_bridge.py"),
+        ("fetch_transport.py", REPO / "edge/fetch_transport.py"),
     ]
+    for package in DEPENDENCIES:
+        bridge_modules += module_files(package)
 
     def modules(entries: list[tuple[str, Path]], folder: str) -> str:
         # workerd embeds files by paths relative to the configuration file.
