@@ -5,9 +5,9 @@ on Workers the edge sends its requests to the origin and to an HTTP
 upstream through the runtime's ``fetch``. The module imports nothing from
 the edge, so the smoke test can load it into workerd on its own.
 
-The response body is read whole before it is returned, because the
-runtime's body stream cannot be handed to httpx as it arrives; a segment
-is held in memory once. ``fetch`` decodes compressed bodies itself, so
+NOTE: the response body is read whole before it is returned, so a segment
+is held in memory once. Reading the body's stream into an httpx byte
+stream would avoid that. ``fetch`` decodes compressed bodies itself, so
 ``Content-Encoding`` and ``Content-Length`` are dropped from the response
 headers. Timeouts are the runtime's, not httpx's.
 """
