@@ -31,7 +31,7 @@ CLAIM_IDLE_TIMEOUT = 60
 
 
 class CursorClaimed(Exception):
-    """Raised when another replica holds the destination's cursor."""
+    """Raised when another replica has locked the destination's cursor."""
 
 
 async def create_cursors(engine: AsyncEngine, targets: Iterable[str]) -> None:
@@ -55,10 +55,11 @@ async def create_cursors(engine: AsyncEngine, targets: Iterable[str]) -> None:
 async def claim_cursor(
     engine: AsyncEngine, target: str
 ) -> AsyncIterator[tuple[AsyncConnection, int]]:
-    """Open a transaction that holds ``target``'s cursor; yield it and the cursor.
+    """Lock ``target``'s cursor row in a new transaction; yield it and the cursor.
 
-    Raise :class:`CursorClaimed` when another replica holds it. The claim
-    ends, and its lock with it, when the transaction commits on leaving.
+    Raise :class:`CursorClaimed` when another replica has locked the row.
+    The claim ends, and its lock with it, when the transaction commits on
+    leaving the block.
     """
     async with engine.connect() as connection, connection.begin():
         query = select(relay_cursors.c.seq).where(relay_cursors.c.target == target)
