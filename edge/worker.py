@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -33,29 +33,12 @@ from starlette.types import Receive, Scope, Send
 from edge.app import create_app
 from edge.fetch_transport import FetchTransport
 from edge.settings import EdgeSettings
-from edge.worker_bridge import serve_fetch
+from edge.worker_bridge import binding_values, serve_fetch
 
 logger = logging.getLogger("segmentgate.edge.worker")
 
 SYNC_SECONDS_BINDING = "SEGMENTGATE_EDGE_WORKER_SYNC_SECONDS"
 DEFAULT_SYNC_SECONDS = 1.0
-
-
-def binding_values(env: Any) -> dict[str, str]:
-    """Return the ``SEGMENTGATE_EDGE_*`` text bindings of ``env``.
-
-    ``env`` is the runtime's binding object, read by attribute, or a mapping.
-    """
-    if isinstance(env, Mapping):
-        names = list(env)
-    else:
-        names = [name for name in dir(env) if name.startswith("SEGMENTGATE_EDGE_")]
-    values = {}
-    for name in names:
-        value = env[name] if isinstance(env, Mapping) else getattr(env, name, None)
-        if name.startswith("SEGMENTGATE_EDGE_") and isinstance(value, str):
-            values[name] = value
-    return values
 
 
 class WorkerApp:

@@ -9,7 +9,7 @@ smoke test can load it into workerd on its own.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,6 +23,23 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 Scope = dict[str, Any]
+
+
+def binding_values(env: Any) -> dict[str, str]:
+    """Return the ``SEGMENTGATE_EDGE_*`` text bindings of ``env``.
+
+    ``env`` is the runtime's binding object, read by attribute, or a mapping.
+    """
+    if isinstance(env, Mapping):
+        names = list(env)
+    else:
+        names = [name for name in dir(env) if name.startswith("SEGMENTGATE_EDGE_")]
+    values = {}
+    for name in names:
+        value = env[name] if isinstance(env, Mapping) else getattr(env, name, None)
+        if name.startswith("SEGMENTGATE_EDGE_") and isinstance(value, str):
+            values[name] = value
+    return values
 
 
 async def serve_fetch(app: ASGIApp, request: Any, env: Any) -> Any:

@@ -19,7 +19,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from edge.worker import WorkerApp, binding_values
+from edge.worker import WorkerApp
+from edge.worker_bridge import binding_values
 from tests.harness import (
     MEDIA_ROOT,
     MediaServer,

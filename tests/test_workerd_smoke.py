@@ -77,7 +77,7 @@ import sys
 import httpx
 
 from fetch_transport import FetchTransport
-from worker_bridge import serve_fetch
+from worker_bridge import binding_values, serve_fetch
 
 client = httpx.AsyncClient(transport=FetchTransport())
 
@@ -90,6 +90,7 @@ async def media(scope, receive, send):
         (b"content-type", response.headers.get("content-type", "").encode()),
         (b"x-python-version", sys.version.split()[0].encode()),
         (b"x-query", scope["query_string"]),
+        (b"x-bindings", ",".join(sorted(binding_values(scope["env"]))).encode()),
     ]
     await send({"type": "http.response.start", "status": response.status_code,
                 "headers": headers})
@@ -171,7 +172,11 @@ const bridgeWorker :Workerd.Worker = (
   modules = [
 {modules(bridge_modules, "bridge")}
   ],
-  bindings = [(name = "UPSTREAM_URL", text = "{upstream}")],
+  bindings = [
+    (name = "UPSTREAM_URL", text = "{upstream}"),
+    (name = "SEGMENTGATE_EDGE_GRACE_SECONDS", text = "60"),
+    (name = "SEGMENTGATE_EDGE_ORIGIN_TOKEN", text = "secret"),
+  ],
   globalOutbound = "loopback",
   compatibilityDate = "2024-07-01",
   compatibilityFlags = ["python_workers"],
@@ -263,6 +268,10 @@ def test_bridge_plays_segments_in_workerd(runtime: Runtime) -> None:
         assert response.content == (MEDIA_ROOT / name).read_bytes(), name
         assert response.headers["x-python-version"].startswith("3.12.")
         assert response.headers["x-query"] == "sg=a%2Fb"
+        # The runtime's binding object is read by attribute, text only.
+        assert response.headers["x-bindings"] == (
+            "SEGMENTGATE_EDGE_GRACE_SECONDS,SEGMENTGATE_EDGE_ORIGIN_TOKEN"
+        )
     assert missing.status_code == 404
     assert [path.split("?")[0] for path in runtime.media.requests] == [
         f"/{name}" for name in present
