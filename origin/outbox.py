@@ -72,6 +72,10 @@ BATCH_LIMIT = 500
 LOG_INTERVAL = 60.0
 # Seconds between two tries at a destination that another replica held.
 CONTENDED_RETRY = 0.05
+# Destinations pushed to at once. Each push keeps a database connection for
+# its claim, and the engine's pool (5 connections and 10 more on demand, the
+# SQLAlchemy defaults) also serves the API and the saga.
+CONCURRENT_CLAIMS = 4
 # Any fixed number: the PostgreSQL advisory lock that orders outbox writers.
 OUTBOX_LOCK_ID = 0x5E6_0B0C
 
@@ -226,6 +230,7 @@ class OutboxRelay:
             if is_nats_target(target)
         }
         self._wake = asyncio.Event()
+        self._claims = asyncio.Semaphore(CONCURRENT_CLAIMS)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -283,7 +288,10 @@ class OutboxRelay:
         sent = 0
         while True:
             try:
-                async with claim_cursor(self._engine, target) as (connection, cursor):
+                async with (
+                    self._claims,
+                    claim_cursor(self._engine, target) as (connection, cursor),
+                ):
                     destination.contended = False
                     destination.cursor = cursor
                     delivered = await self._deliver_batch(destination, connection)

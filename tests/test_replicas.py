@@ -350,3 +350,56 @@ async def test_status_shows_other_replicas_cursor(database_url: str) -> None:
             await pushing.stop()
             await watching.stop()
     assert relay_status_cursor(status) == 3
+
+
+async def test_relay_limits_concurrent_claims(database_url: str) -> None:
+    # Each claim keeps a database connection during its push, so a relay
+    # pushes to at most CONCURRENT_CLAIMS destinations at once.
+    from origin.outbox import CONCURRENT_CLAIMS
+
+    targets = [f"http://edge-{index}.test" for index in range(CONCURRENT_CLAIMS + 2)]
+    gate = asyncio.Event()
+    in_flight: list[str] = []
+    most = 0
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal most
+        in_flight.append(request.url.host)
+        most = max(most, len(in_flight))
+        await gate.wait()
+        in_flight.remove(request.url.host)
+        return httpx.Response(204)
+
+    async with replicas(database_url, 1) as (engine,):
+        keys = KeyRing(
+            engine,
+            "EdDSA",
+            master_key=MASTER_KEY.encode("ascii"),
+            publish_seconds=60.0,
+            token_lifetime=1800,
+        )
+        await keys.load()
+        relay = OutboxRelay(
+            engine,
+            keys,
+            targets,
+            retention_seconds=RETENTION,
+            transport=httpx.MockTransport(handle),
+        )
+        try:
+            await add_events(engine, 1)
+            pushes = asyncio.gather(*(relay.deliver(target) for target in targets))
+            for _ in range(1500):
+                if len(in_flight) == CONCURRENT_CLAIMS:
+                    break
+                await asyncio.sleep(0.02)
+            # Give a fifth push every chance to start before the gate opens.
+            await asyncio.sleep(0.2)
+            blocked = len(in_flight)
+            gate.set()
+            sent = await pushes
+        finally:
+            await relay.stop()
+    assert blocked == CONCURRENT_CLAIMS
+    assert most == CONCURRENT_CLAIMS
+    assert sent == [1] * len(targets)
