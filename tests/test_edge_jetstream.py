@@ -101,7 +101,7 @@ def health(edge: ServedApp) -> dict[str, Any]:
     return dict(httpx.get(f"{edge.url}/_edge/healthz", timeout=5).json())
 
 
-def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 60.0) -> None:
     deadline = time.monotonic() + limit
     while not condition():
         if time.monotonic() > deadline:
@@ -259,6 +259,6 @@ def test_expired_message_falls_back_to_feed(
     assert jetstream["acknowledged"] == 1
     assert jetstream["rejected"] == 1
     # The catch-up from the feed applied the purchase that the expired
-    # message announced.
-    assert state["last_event_seq"] == batch.last_seq
+    # message announced, and whatever the origin wrote after it.
+    assert state["last_event_seq"] >= batch.last_seq
     assert state["last_event_seq"] > seq_before
