@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 HLS_JS_DIR := tests/browser
 # hls.js for the storefront's player, which the origin serves from here.
 STOREFRONT_DIR := origin/storefront
+# The Workers runtime (workerd) for the Worker smoke test, pinned likewise.
+WORKERD_DIR := tests/workerd
 
 .PHONY: demo test lint tools storefront media clean
 
@@ -21,7 +23,8 @@ $(STAMP): pyproject.toml
 # System tools the tests drive as real clients: ffmpeg, Chromium and hls.js.
 # apt-get needs root and hls.js needs npm; without them the tests that need a
 # missing tool are skipped and say which tool.
-tools: $(HLS_JS_DIR)/node_modules/.package-lock.json storefront
+tools: $(HLS_JS_DIR)/node_modules/.package-lock.json storefront \
+  $(WORKERD_DIR)/node_modules/.package-lock.json
 	@if ! command -v ffmpeg >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y --no-install-recommends ffmpeg >/dev/null || \
@@ -49,6 +52,11 @@ $(STOREFRONT_DIR)/node_modules/.package-lock.json: $(STOREFRONT_DIR)/package-loc
 	else echo "npm is missing, so hls.js cannot be installed: the storefront's player will say so"; fi
 
 storefront: $(STOREFRONT_DIR)/node_modules/.package-lock.json
+
+$(WORKERD_DIR)/node_modules/.package-lock.json: $(WORKERD_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd $(WORKERD_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm is missing, so workerd cannot be installed: the Worker smoke test will be skipped"; fi
 
 demo: $(STAMP) storefront
 	$(BIN)/segmentgate demo

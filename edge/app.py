@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from edge.access_log import AccessLogMiddleware
 from edge.entitlements import NEVER_ENTITLED, EntitlementCache, EntitlementState
 from edge.events import EventFollower, InvalidEventBatch
 from edge.gate import Access, Credentials, Gate
+from edge.jetstream import JetStreamConsumer
 from edge.keyset import KeySet, KeysUnavailable
 from edge.origin_link import OriginLink, OriginUnavailable
 from edge.paths import (
@@ -53,7 +55,11 @@ PLAYLIST_MEDIA_TYPE = "application/vnd.apple.mpegurl"
 class Edge:
     """The edge's state: keys, entitlements, gate and upstream."""
 
-    def __init__(self, settings: EdgeSettings) -> None:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.settings = settings
         self.link = OriginLink(
             settings.origin_url,
@@ -63,6 +69,7 @@ class Edge:
             grace_period=settings.grace_period,
             failure_threshold=settings.origin_failure_threshold,
             reset_timeout=settings.origin_reset_timeout,
+            transport=transport,
         )
         self.keys = KeySet(self._fetch_jwks, settings.jwks_refresh_interval)
         self.lookups: RevalidatingCache[tuple[str, str], EntitlementState] = (
@@ -105,11 +112,20 @@ class Edge:
             link=self.link,
             lookups=self.lookups,
         )
+        self.jetstream: JetStreamConsumer | None = None
+        if settings.nats_url:
+            self.jetstream = JetStreamConsumer(
+                settings.nats_url,
+                settings.edge_id,
+                self.events,
+                stream=settings.nats_stream,
+                subject_prefix=settings.nats_subject_prefix,
+            )
         self._sync_failures = 0
         self._sync_failure_logged = -float("inf")
         self.upstream: Upstream
         if settings.upstream_url:
-            self.upstream = HttpUpstream(settings.upstream_url)
+            self.upstream = HttpUpstream(settings.upstream_url, transport=transport)
         else:
             assert settings.media_root is not None  # EdgeSettings requires one
             self.upstream = FileUpstream(settings.media_root)
@@ -188,6 +204,8 @@ class Edge:
                 logger.exception("syncing with the origin raised")
 
     async def aclose(self) -> None:
+        if self.jetstream is not None:
+            await self.jetstream.stop()
         await self.events.aclose()
         await self.policies.aclose()
         await self.lookups.aclose()
@@ -274,6 +292,13 @@ async def media(request: Request) -> Response:
     )
 
 
+def _jetstream_health(edge: Edge) -> dict[str, object] | None:
+    consumer = edge.jetstream
+    if consumer is None:
+        return None
+    return {"durable": consumer.durable, **dataclasses.asdict(consumer.stats)}
+
+
 async def healthz(request: Request) -> Response:
     edge: Edge = request.app.state.edge
     link = edge.link
@@ -285,6 +310,7 @@ async def healthz(request: Request) -> Response:
             "entitlements": len(edge.entitlements),
             "policies": len(edge.policies),
             "last_event_seq": edge.events.last_seq,
+            "jetstream": _jetstream_health(edge),
             "origin": {
                 "circuit": link.breaker.state,
                 "silent_seconds": None if silence == float("inf") else silence,
@@ -327,13 +353,21 @@ class _AnyPathConvertor(Convertor[str]):
 register_url_convertor("anypath", _AnyPathConvertor())
 
 
-def create_app(settings: EdgeSettings) -> Starlette:
-    """Build the edge ASGI application."""
-    edge = Edge(settings)
+def create_app(
+    settings: EdgeSettings, transport: httpx.AsyncBaseTransport | None = None
+) -> Starlette:
+    """Build the edge ASGI application.
+
+    ``transport`` carries its requests to the origin and an HTTP upstream;
+    the default opens sockets.
+    """
+    edge = Edge(settings, transport)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await edge.sync()
+        if edge.jetstream is not None:
+            edge.jetstream.start()
         poller = asyncio.create_task(edge.sync_forever())
         yield
         poller.cancel()

@@ -44,10 +44,11 @@ class OriginLink:
         grace_period: float = 900.0,
         failure_threshold: int = 3,
         reset_timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.client = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, headers=headers
+            base_url=base_url, timeout=timeout, headers=headers, transport=transport
         )
         self.breaker = CircuitBreaker(
             "origin",

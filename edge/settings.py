@@ -5,13 +5,19 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.tokens import MAX_TOKEN_LIFETIME, SESSION_RENEWAL
 
 logger = logging.getLogger("segmentgate.edge")
+
+# The characters of a JetStream durable consumer name that are safe in
+# subjects too: no spaces, dots or wildcards.
+DURABLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def decode_secrets(text: str) -> list[bytes]:
@@ -63,6 +69,12 @@ class EdgeSettings:
     policy_stale_ttl: float = 3600.0
     policy_negative_ttl: float = 5.0
     max_token_lifetime: float = MAX_TOKEN_LIFETIME
+    # A NATS server with JetStream to consume the origin's events from, as
+    # the durable consumer named edge_id; empty relies on pushes and polls.
+    nats_url: str = ""
+    edge_id: str = ""
+    nats_stream: str = "SEGMENTGATE_EVENTS"
+    nats_subject_prefix: str = "segmentgate.events"
 
     def __post_init__(self) -> None:
         minimum_ttl = self.max_token_lifetime + self.renewal_seconds + 60
@@ -72,6 +84,11 @@ class EdgeSettings:
             raise ValueError(
                 f"entitlement_ttl must be at least {minimum_ttl:g} seconds "
                 "(max_token_lifetime + renewal_seconds + 60)"
+            )
+        if self.nats_url and not DURABLE_NAME.fullmatch(self.edge_id):
+            raise ValueError(
+                f"edge_id {self.edge_id!r} is not a valid JetStream consumer "
+                "name: set SEGMENTGATE_EDGE_ID to letters, digits, '-' or '_'"
             )
         if self.media_root is None and self.upstream_url is None:
             raise ValueError("set media_root or upstream_url")
@@ -84,7 +101,11 @@ class EdgeSettings:
 
     @classmethod
     def from_env(cls) -> EdgeSettings:
-        env = os.environ
+        return cls.from_mapping(os.environ)
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> EdgeSettings:
+        """Read ``SEGMENTGATE_EDGE_*`` settings from ``env``."""
         media_root = env.get("SEGMENTGATE_EDGE_MEDIA_ROOT")
         return cls(
             origin_url=env.get("SEGMENTGATE_EDGE_ORIGIN_URL", "http://127.0.0.1:8100"),
@@ -93,6 +114,12 @@ class EdgeSettings:
             uri_secrets=decode_secrets(env.get("SEGMENTGATE_EDGE_URI_SECRETS", "")),
             origin_token=env.get("SEGMENTGATE_EDGE_ORIGIN_TOKEN", ""),
             grace_period=float(env.get("SEGMENTGATE_EDGE_GRACE_SECONDS", "900")),
+            nats_url=env.get("SEGMENTGATE_EDGE_NATS_URL", ""),
+            edge_id=env.get("SEGMENTGATE_EDGE_ID", ""),
+            nats_stream=env.get("SEGMENTGATE_EDGE_NATS_STREAM", cls.nats_stream),
+            nats_subject_prefix=env.get(
+                "SEGMENTGATE_EDGE_NATS_SUBJECT_PREFIX", cls.nats_subject_prefix
+            ),
             extra_hosts=frozenset(
                 host.strip().lower()
                 for host in env.get("SEGMENTGATE_EDGE_EXTRA_HOSTS", "").split(",")

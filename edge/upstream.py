@@ -180,9 +180,17 @@ class FileUpstream:
 class HttpUpstream:
     """Media behind an HTTP origin, ``{base_url}/{content_id}/...``."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout, follow_redirects=False
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            follow_redirects=False,
+            transport=transport,
         )
 
     async def _open(

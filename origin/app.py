@@ -99,6 +99,7 @@ def create_app(
         poll_interval=settings.relay_poll_interval,
         timeout=settings.relay_timeout,
         fault=settings.relay_fault,
+        jetstream_names=(settings.nats_stream, settings.nats_subject_prefix),
     )
     inner = provider or build_provider(settings, clock)
     resilient = ResilientProvider(inner, settings.provider_calls)

@@ -8,6 +8,11 @@ feed (``GET /v1/events``) themselves after a gap or a restart, and drop
 events whose id they have applied, so delivery is at least once and the
 effect exactly once.
 
+Origin replicas that share a PostgreSQL store each run a relay; a relay
+pushes to a destination only while it has locked that destination's cursor
+row
+(:mod:`origin.outbox_claims`), so a batch goes out from one replica.
+
 Each edge is a destination with its own cursor and retry schedule:
 
 * a transport error, a 5xx, 401, 403, 408 or 429 answer is a failure: the destination
@@ -36,6 +41,12 @@ import httpx
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from origin.outbox_claims import (
+    CursorClaimed,
+    claim_cursor,
+    create_cursors,
+    save_cursor,
+)
 from origin.outbox_nats import (
     STREAM,
     SUBJECT_PREFIX,
@@ -59,6 +70,12 @@ logger = logging.getLogger("segmentgate.origin.outbox")
 BATCH_LIMIT = 500
 # Seconds between two logs of the same destination's failure streak.
 LOG_INTERVAL = 60.0
+# Seconds between two tries at a destination that another replica held.
+CONTENDED_RETRY = 0.05
+# Destinations pushed to at once. Each push keeps a database connection for
+# its claim, and the engine's pool (5 connections and 10 more on demand, the
+# SQLAlchemy defaults) also serves the API and the saga.
+CONCURRENT_CLAIMS = 4
 # Any fixed number: the PostgreSQL advisory lock that orders outbox writers.
 OUTBOX_LOCK_ID = 0x5E6_0B0C
 
@@ -143,6 +160,9 @@ class Destination:
     isolate_until: int = 0
     logged_at: float = float("-inf")
     unlogged_failures: int = 0
+    # Another replica held the cursor at the last try.
+    contended: bool = False
+    has_cursor_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,6 +230,7 @@ class OutboxRelay:
             if is_nats_target(target)
         }
         self._wake = asyncio.Event()
+        self._claims = asyncio.Semaphore(CONCURRENT_CLAIMS)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -243,48 +264,81 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
+            # A destination that another replica was delivering to may have
+            # received events after that replica's last read: look again soon.
+            contended = any(d.contended for d in self._destinations.values())
+            wait = CONTENDED_RETRY if contended else self._poll_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
             await asyncio.gather(*(self.deliver(t) for t in self._destinations))
 
     async def deliver(self, target: str) -> int:
         """Push every pending event to ``target``; return how many were sent.
 
-        A destination that is waiting out its backoff is skipped.
+        A destination that is waiting out its backoff is skipped, and so is
+        one that another replica is delivering to at the moment.
         """
         destination = self._destinations[target]
         if self._monotonic() < destination.retry_at:
             return 0
+        if not destination.has_cursor_row:
+            await create_cursors(self._engine, [target])
+            destination.has_cursor_row = True
         sent = 0
         while True:
-            isolating = destination.cursor < destination.isolate_until
-            async with self._engine.connect() as connection:
-                batch = await read_events(
-                    connection,
-                    destination.cursor,
-                    self._retention,
-                    limit=1 if isolating else BATCH_LIMIT,
-                )
-            if not batch.events:
+            try:
+                async with (
+                    self._claims,
+                    claim_cursor(self._engine, target) as (connection, cursor),
+                ):
+                    destination.contended = False
+                    destination.cursor = cursor
+                    delivered = await self._deliver_batch(destination, connection)
+            except CursorClaimed:
+                destination.contended = True
                 return sent
-            await self._strike("block_before_push", batch)
-            result = await self._push(target, batch)
-            if result.outcome == DELIVERED:
-                await self._strike("block_after_push", batch)
-            if result.outcome == FAILED:
-                self._failed(destination, result.error)
+            if delivered is None:
                 return sent
-            if result.outcome == REJECTED and len(batch.events) > 1:
-                # Find the poison event: push this range one event at a time.
-                destination.isolate_until = batch.events[-1].seq
-                continue
-            if result.outcome == REJECTED:
-                await self._park(destination, batch.events[0].seq, result)
-            else:
-                sent += len(batch.events)
-                self._recovered(destination)
-            await self._save_cursor(target, batch.events[-1].seq)
+            sent += delivered
+
+    async def _deliver_batch(
+        self, destination: Destination, connection: AsyncConnection
+    ) -> int | None:
+        """Push the next batch under the claim.
+
+        Return how many events the destination accepted, or None when no
+        more can go now: nothing is pending, or the push failed.
+        """
+        isolating = destination.cursor < destination.isolate_until
+        batch = await read_events(
+            connection,
+            destination.cursor,
+            self._retention,
+            limit=1 if isolating else BATCH_LIMIT,
+        )
+        if not batch.events:
+            return None
+        await self._strike("block_before_push", batch)
+        result = await self._push(destination.target, batch)
+        if result.outcome == DELIVERED:
+            await self._strike("block_after_push", batch)
+        if result.outcome == FAILED:
+            self._failed(destination, result.error)
+            return None
+        if result.outcome == REJECTED and len(batch.events) > 1:
+            # Find the poison event: push this range one event at a time.
+            destination.isolate_until = batch.events[-1].seq
+            return 0
+        delivered = 0
+        if result.outcome == REJECTED:
+            await self._park(connection, destination, batch.events[0].seq, result)
+        else:
+            delivered = len(batch.events)
+            self._recovered(destination)
+        await save_cursor(connection, destination.target, batch.events[-1].seq)
+        destination.cursor = batch.events[-1].seq
+        return delivered
 
     async def _strike(self, point: str, batch: EventBatch) -> None:
         if self._fault != point:
@@ -355,7 +409,11 @@ class OutboxRelay:
         destination.unlogged_failures = 0
 
     async def _park(
-        self, destination: Destination, seq: int, result: PushResult
+        self,
+        connection: AsyncConnection,
+        destination: Destination,
+        seq: int,
+        result: PushResult,
     ) -> None:
         logger.error(
             "edge %s rejected event %d with %d; parked it and moved on: %s",
@@ -364,30 +422,16 @@ class OutboxRelay:
             result.status_code,
             result.error,
         )
-        async with self._engine.begin() as connection:
-            await connection.execute(
-                relay_parked.insert().values(
-                    target=destination.target,
-                    first_seq=seq,
-                    last_seq=seq,
-                    status_code=result.status_code,
-                    error=result.error[:1000],
-                    parked_at=time.time(),
-                )
+        await connection.execute(
+            relay_parked.insert().values(
+                target=destination.target,
+                first_seq=seq,
+                last_seq=seq,
+                status_code=result.status_code,
+                error=result.error[:1000],
+                parked_at=time.time(),
             )
-
-    async def _save_cursor(self, target: str, seq: int) -> None:
-        self._destinations[target].cursor = seq
-        async with self._engine.begin() as connection:
-            updated = await connection.execute(
-                relay_cursors.update()
-                .where(relay_cursors.c.target == target)
-                .values(seq=seq)
-            )
-            if updated.rowcount == 0:
-                await connection.execute(
-                    relay_cursors.insert().values(target=target, seq=seq)
-                )
+        )
 
     async def resend(self, from_seq: int, to_seq: int) -> dict[str, int]:
         """Push events ``from_seq`` to ``to_seq`` to every edge again.
@@ -434,16 +478,27 @@ class OutboxRelay:
             last_seq = int(
                 (await connection.execute(select(func.max(outbox.c.seq)))).scalar() or 0
             )
+            # Another replica may have moved a cursor since this one did.
+            stored = dict((await connection.execute(select(relay_cursors))).all())
             destinations = [
-                await self._destination_status(connection, destination, now)
+                await self._destination_status(
+                    connection,
+                    destination,
+                    stored.get(destination.target, destination.cursor),
+                    now,
+                )
                 for destination in self._destinations.values()
             ]
         return {"last_seq": last_seq, "destinations": destinations}
 
     async def _destination_status(
-        self, connection: AsyncConnection, destination: Destination, now: float
+        self,
+        connection: AsyncConnection,
+        destination: Destination,
+        cursor: int,
+        now: float,
     ) -> dict[str, object]:
-        pending = outbox.c.seq > destination.cursor
+        pending = outbox.c.seq > cursor
         lag = (
             await connection.execute(select(func.count()).where(pending))
         ).scalar_one()
@@ -462,7 +517,7 @@ class OutboxRelay:
         ).scalar_one()
         return {
             "target": destination.target,
-            "delivered_seq": destination.cursor,
+            "delivered_seq": cursor,
             "lag_events": int(lag),
             "oldest_undelivered_seq": oldest.seq if oldest else None,
             "oldest_undelivered_age_seconds": (

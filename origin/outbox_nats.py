@@ -8,9 +8,9 @@ within the stream's duplicate window (two minutes by default); edges drop
 older repeats by event id. Needs the ``nats-py`` package (the ``nats``
 extra).
 
-NOTE: a batch's signature is valid for five minutes, so a consumer that
-reads a message later than that cannot verify it, and must catch up from
-``GET /v1/events`` instead. No edge consumes the stream yet.
+A batch's signature is valid for five minutes, so a consumer that reads a
+message later than that cannot verify it: edges (:mod:`edge.jetstream`)
+catch up from ``GET /v1/events`` instead.
 """
 
 from __future__ import annotations

@@ -30,10 +30,11 @@ another can no longer write.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -327,10 +328,8 @@ async def release_lease(
     )
 
 
-async def due_purchases(
-    connection: AsyncConnection, now: float, limit: int
-) -> list[str]:
-    """Return purchases with steps left that no live runner holds and are due."""
+def _due(now: float) -> Select[Any]:
+    """Select due purchases with steps left and no unexpired lease."""
     has_work = or_(
         purchases.c.status.in_(RUNNING_STATUSES),
         and_(
@@ -338,7 +337,7 @@ async def due_purchases(
             purchases.c.refund_requested_at.is_not(None),
         ),
     )
-    rows = await connection.execute(
+    return (
         select(purchases.c.purchase_id)
         .where(
             has_work,
@@ -352,6 +351,31 @@ async def due_purchases(
             ),
         )
         .order_by(purchases.c.updated_at)
-        .limit(limit)
     )
-    return [row.purchase_id for row in rows]
+
+
+async def claim_due_purchase(
+    connection: AsyncConnection,
+    owner: str,
+    now: float,
+    seconds: float,
+    *,
+    passed: Collection[str] = (),
+) -> str | None:
+    """Take the lease of one due purchase that is not in ``passed``.
+
+    On PostgreSQL, ``FOR UPDATE SKIP LOCKED`` passes over purchases that
+    another replica is claiming in the same moment, so replicas that
+    recover together take different purchases instead of queueing on one.
+    Return the purchase id, or None when nothing is due.
+    """
+    query = _due(now).limit(1)
+    if passed:
+        query = query.where(purchases.c.purchase_id.not_in(list(passed)))
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    purchase_id = (await connection.execute(query)).scalar()
+    if purchase_id is None:
+        return None
+    taken = await acquire_lease(connection, purchase_id, owner, now, seconds)
+    return purchase_id if taken else None

@@ -230,17 +230,26 @@ class PurchaseSaga:
     async def recover(self, limit: int = 100) -> list[str]:
         """Resume purchases whose runner stopped or whose retry is due.
 
-        Return the ids of the purchases that this pass ran.
+        Return the ids of the purchases that this pass ran. Each purchase is
+        claimed on its own, so origin replicas recovering at the same time
+        share the work and never run one purchase twice.
         """
-        async with self._engine.connect() as connection:
-            due = await records.due_purchases(connection, self._clock(), limit)
-        resumed = []
-        for purchase_id in due:
-            try:
-                if await self.run(purchase_id):
-                    resumed.append(purchase_id)
-            except InvalidPaymentRequest:
-                resumed.append(purchase_id)
+        resumed: list[str] = []
+        while len(resumed) < limit:
+            owner = _new_owner()
+            async with self._engine.begin() as connection:
+                purchase_id = await records.claim_due_purchase(
+                    connection,
+                    owner,
+                    self._clock(),
+                    self._policy.lease_seconds,
+                    passed=resumed,
+                )
+            if purchase_id is None:
+                break
+            resumed.append(purchase_id)
+            with contextlib.suppress(InvalidPaymentRequest):
+                await self._drive(purchase_id, owner)
         if resumed:
             logger.info("recovery resumed %d purchases: %s", len(resumed), resumed)
         return resumed

@@ -59,6 +59,8 @@ class OriginSettings:
     # A NATS server with JetStream that receives every event as a second
     # destination, e.g. nats://127.0.0.1:4222; empty publishes to edges only.
     nats_url: str = ""
+    nats_stream: str = "SEGMENTGATE_EVENTS"
+    nats_subject_prefix: str = "segmentgate.events"
     payment_provider: str = "sandbox"
     stripe_api_key: str = ""
     stripe_api_url: str = "https://api.stripe.com"
@@ -146,6 +148,10 @@ class OriginSettings:
             webhook_secrets=env.get("SEGMENTGATE_WEBHOOK_SECRETS", ""),
             relay_fault=env.get("SEGMENTGATE_RELAY_FAULT", ""),
             nats_url=env.get("SEGMENTGATE_NATS_URL", ""),
+            nats_stream=env.get("SEGMENTGATE_NATS_STREAM", cls.nats_stream),
+            nats_subject_prefix=env.get(
+                "SEGMENTGATE_NATS_SUBJECT_PREFIX", cls.nats_subject_prefix
+            ),
             webhook_tolerance_seconds=_seconds(
                 env,
                 "SEGMENTGATE_WEBHOOK_TOLERANCE_SECONDS",

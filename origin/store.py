@@ -8,13 +8,10 @@ holds a change that no event announces.
 
 from __future__ import annotations
 
-import logging
-
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
-    Connection,
     Float,
     ForeignKey,
     Index,
@@ -24,12 +21,10 @@ from sqlalchemy import (
     Table,
     Text,
     event,
-    inspect,
-    text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-logger = logging.getLogger("segmentgate.origin.store")
+from origin import migrations
 
 metadata = MetaData()
 
@@ -306,32 +301,5 @@ def create_engine(database_url: str) -> AsyncEngine:
 
 
 async def create_tables(engine: AsyncEngine) -> None:
-    """Create missing tables and indexes, and add columns that older stores lack."""
-    async with engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
-        await connection.run_sync(_add_missing_columns)
-
-
-def _add_missing_columns(connection: Connection) -> None:
-    inspector = inspect(connection)
-    for table in metadata.sorted_tables:
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        missing = [column for column in table.columns if column.name not in present]
-        for column in missing:
-            logger.info("adding column %s.%s to the store", table.name, column.name)
-            connection.execute(text(_add_column_ddl(connection, column)))
-        if missing:
-            for index in table.indexes:
-                index.create(connection, checkfirst=True)
-
-
-def _add_column_ddl(connection: Connection, column: Column) -> str:  # type: ignore[type-arg]
-    # Columns added to existing tables are nullable or have a server default,
-    # so ALTER TABLE ... ADD COLUMN works on SQLite and PostgreSQL alike.
-    quote = connection.dialect.identifier_preparer.quote
-    column_type = column.type.compile(dialect=connection.dialect)
-    table = quote(column.table.name)
-    ddl = f"ALTER TABLE {table} ADD COLUMN {quote(column.name)} {column_type}"
-    if column.server_default is not None:
-        ddl += f" NOT NULL DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
-    return ddl
+    """Create or upgrade the store's tables by running every schema migration."""
+    await migrations.upgrade(engine)

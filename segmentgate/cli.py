@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--bind", default=None, help="host:port to listen on")
+        if name == "origin":
+            command.add_argument(
+                "action",
+                nargs="?",
+                choices=["migrate"],
+                help="migrate: upgrade the store at SEGMENTGATE_DATABASE_URL to "
+                "the newest schema and exit (the origin also does this at start)",
+            )
 
     add_admin_commands(commands)
     add_events_commands(commands)
@@ -201,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             run_reconciliation(OriginSettings.from_env(), args.window_days * 86400)
         )
         print(format_report(report), flush=True)
+    elif args.command == "origin" and args.action == "migrate":
+        from origin import OriginSettings
+        from origin.migrations import migrate_store
+
+        revision = asyncio.run(migrate_store(OriginSettings.from_env().database_url))
+        print(f"store is at schema revision {revision}", flush=True)
     else:
         asyncio.run(_run_one(args.command, args.bind))
     return 0

@@ -23,16 +23,20 @@ seven days), when the intent becomes ``canceled`` with the reason
 ``automatic``. Results are kept per idempotency key, as Stripe keeps them,
 so a retry with the same key replays the first response. State lives in
 memory, or in a JSON file when ``state_path`` is set, so that it outlives
-the origin process as a real provider's state would.
+the origin process as a real provider's state would. Origin replicas on one
+machine may share that file: each call reads it and writes it back under an
+exclusive ``flock`` on ``<state_path>.lock``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +109,33 @@ class SandboxProvider:
         self._state_path = state_path
         self._intents: dict[str, dict[str, Any]] = {}
         self._results: dict[str, dict[str, Any]] = {}
-        if state_path is not None and state_path.exists():
-            state = json.loads(state_path.read_text())
+        self._read_state()
+
+    def _read_state(self) -> None:
+        if self._state_path is not None and self._state_path.exists():
+            state = json.loads(self._state_path.read_text())
             self._intents = state["intents"]
             self._results = state["results"]
+
+    @contextlib.contextmanager
+    def _shared_state(self) -> Iterator[None]:
+        """Lock the state file and read it, so that other processes' changes
+        are seen. Writes inside reach the file before the lock ends.
+
+        The lock is never held across an ``await``, so two calls in one
+        process cannot wait on each other.
+        """
+        if self._state_path is None:
+            yield
+            return
+        lock_path = self._state_path.with_suffix(".lock")
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._read_state()
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     async def create_intent(
         self, request: IntentRequest, idempotency_key: str
@@ -239,7 +266,8 @@ class SandboxProvider:
 
     async def retrieve(self, intent_id: str) -> PaymentIntent:
         await self.faults.before("retrieve")
-        intent = self._load(intent_id)
+        with self._shared_state():
+            intent = self._load(intent_id)
         await self.faults.after("retrieve")
         return _intent(intent)
 
@@ -265,10 +293,27 @@ class SandboxProvider:
         params: list[Any],
         action: Callable[[], dict[str, Any]],
     ) -> dict[str, Any]:
-        stored = self._results.get(idempotency_key)
+        with self._shared_state():
+            stored = self._results.get(idempotency_key)
         if stored is not None:
             return _replay(stored, operation, params, idempotency_key)
         await self.faults.before(operation)
+        with self._shared_state():
+            result = self._run_once(operation, idempotency_key, params, action)
+        await self.faults.after(operation)
+        return result
+
+    def _run_once(
+        self,
+        operation: str,
+        idempotency_key: str,
+        params: list[Any],
+        action: Callable[[], dict[str, Any]],
+    ) -> dict[str, Any]:
+        # Another process may have run the same key since the first look.
+        stored = self._results.get(idempotency_key)
+        if stored is not None:
+            return _replay(stored, operation, params, idempotency_key)
         try:
             result = dict(action())
         except PaymentDeclined as exc:
@@ -285,7 +330,6 @@ class SandboxProvider:
             "result": result,
         }
         self._save()
-        await self.faults.after(operation)
         return result
 
     def _load(self, intent_id: str) -> dict[str, Any]:
