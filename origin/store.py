@@ -143,8 +143,6 @@ _ACTIVE = purchases.c.status.in_(ACTIVE_STATUSES)
 
 # At most one active purchase per viewer and content item, so a second
 # purchase of the same content cannot charge the viewer again.
-# NOTE: create_tables() does not rebuild an existing index, so a store
-# created before requires_action existed keeps an index without it.
 Index(
     "uq_purchases_active",
     purchases.c.viewer_id,
