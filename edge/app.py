@@ -258,6 +258,11 @@ def _credentials(request: Request) -> Credentials:
 
 async def media(request: Request) -> Response:
     edge: Edge = request.app.state.edge
+    # The catch-all route also matches control paths requested with another
+    # method; those get 405, not a media lookup.
+    allowed = request.app.state.control_methods.get(request.scope["path"])
+    if allowed is not None:
+        raise Problem(problems.METHOD_NOT_ALLOWED, headers={"Allow": allowed})
     check_raw_path(request.scope.get("raw_path"))
     content_id, rest = split_media_path(request.scope["path"])
     access = await edge.gate.check(
@@ -370,4 +375,7 @@ def create_app(settings: EdgeSettings) -> Starlette:
     # the Host header could point anywhere.
     app.router.redirect_slashes = False
     app.state.edge = edge
+    app.state.control_methods = {
+        route.path: ", ".join(sorted(route.methods or ())) for route in routes[:-1]
+    }
     return app

@@ -41,7 +41,7 @@ from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings, resolve_master_key
 from origin.state import Origin
 from origin.store import create_engine, create_tables
-from shared.http import problem_handlers
+from shared.http import join_routes, problem_handlers
 
 logger = logging.getLogger("segmentgate.origin")
 
@@ -151,7 +151,9 @@ def create_app(
         *metrics.routes,
     ]
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers=problem_handlers(logger)
+        routes=join_routes(routes),
+        lifespan=lifespan,
+        exception_handlers=problem_handlers(logger),
     )
     # A trailing slash is not a path to redirect from: a redirect built from
     # the Host header could point anywhere.
