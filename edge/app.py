@@ -40,6 +40,8 @@ from edge.settings import EdgeSettings
 from edge.upstream import FileUpstream, HttpUpstream, Upstream, is_playlist
 from edge.uri_tokens import UriSigner
 from shared import problems
+from shared.contract import load_spec
+from shared.deprecation import DeprecationMiddleware, deprecated_operations
 from shared.events import EVENTS_MEDIA_TYPE
 from shared.http import REASON_HEADER, problem_handlers
 from shared.problems import Problem
@@ -353,7 +355,9 @@ def create_app(settings: EdgeSettings) -> Starlette:
         # rejects with a problem instead of the router's plain 404.
         Route("/{path:anypath}", media, methods=["GET", "HEAD"]),
     ]
+    deprecated = deprecated_operations(load_spec(), edge=True)
     middleware = [
+        Middleware(DeprecationMiddleware, deprecated=deprecated),
         Middleware(PathTokenMiddleware),
         Middleware(AccessLogMiddleware),
         Middleware(

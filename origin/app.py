@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -41,6 +42,8 @@ from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings, resolve_master_key
 from origin.state import Origin
 from origin.store import create_engine, create_tables
+from shared.contract import load_spec
+from shared.deprecation import DeprecationMiddleware, deprecated_operations
 from shared.http import join_routes, problem_handlers
 
 logger = logging.getLogger("segmentgate.origin")
@@ -150,8 +153,10 @@ def create_app(
         *outbox_admin.routes,
         *metrics.routes,
     ]
+    deprecated = deprecated_operations(load_spec(), edge=False)
     app = Starlette(
         routes=join_routes(routes),
+        middleware=[Middleware(DeprecationMiddleware, deprecated=deprecated)],
         lifespan=lifespan,
         exception_handlers=problem_handlers(logger),
     )

@@ -161,18 +161,19 @@ def _security(spec: dict[str, Any], operation: dict[str, Any]) -> Iterator[str]:
 
 
 def _deprecation(operation: dict[str, Any]) -> Iterator[str]:
-    sunset = operation.get("x-sunset")
+    dates = {key: operation.get(key) for key in ("x-deprecated-at", "x-sunset")}
     if not operation.get("deprecated"):
-        if sunset is not None:
-            yield "has x-sunset but is not deprecated"
+        for key in sorted(key for key, value in dates.items() if value is not None):
+            yield f"has {key} but is not deprecated"
         return
-    if sunset is None:
-        yield "is deprecated but has no x-sunset date"
-        return
-    try:
-        datetime.date.fromisoformat(str(sunset))
-    except ValueError:
-        yield f"x-sunset {sunset!r} is not a date such as 2027-06-30"
+    for key, value in dates.items():
+        if value is None:
+            yield f"is deprecated but has no {key} date"
+            continue
+        try:
+            datetime.date.fromisoformat(str(value))
+        except ValueError:
+            yield f"{key} {value!r} is not a date such as 2027-06-30"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,7 +81,7 @@ BROKEN: dict[str, tuple[Callable[[Spec], None], str]] = {
     "problem type missing": (_forget_problem_type, "preview-ended is missing"),
     "unknown admin scope": (_unknown_scope, "admin security must name one scope"),
     "undefined scheme": (_undefined_scheme, "security scheme 'apiKey' is not defined"),
-    "deprecated, no sunset": (_deprecated_without_sunset, "has no x-sunset date"),
+    "deprecated, no sunset": (_deprecated_without_sunset, "no x-sunset date"),
     "no success response": (_no_success, "GET /healthz: has no 2xx response"),
 }
 
