@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from origin import (
     admin,
+    api_docs,
     catalog,
     dlq,
     feeds,
@@ -152,6 +153,7 @@ def create_app(
         *dlq.routes,
         *outbox_admin.routes,
         *metrics.routes,
+        *api_docs.routes,
     ]
     deprecated = deprecated_operations(load_spec(), edge=False)
     app = Starlette(
