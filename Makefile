@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 # hls.js for the browser tests, pinned by package-lock.json there.
 HLS_JS_DIR := tests/browser
 
+# The Pact library reports usage to its vendor unless told not to.
+export PACT_DO_NOT_TRACK := true
+
 .PHONY: demo test lint tools media clean
 
 $(STAMP): pyproject.toml
