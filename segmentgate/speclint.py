@@ -22,7 +22,7 @@ from referencing.jsonschema import DRAFT202012
 
 from origin.auth import ADMIN_SCOPES
 from shared import problems
-from shared.contract import SPEC_PATH, load_spec, operations, resolve
+from shared.contract import SPEC_PATH, example_values, load_spec, operations, resolve
 
 SPEC_URI = "urn:segmentgate:openapi"
 PROBLEM_REF = "#/components/schemas/Problem"
@@ -136,16 +136,6 @@ def _examples(
         for error in validator.iter_errors(example):
             location = "/".join(str(part) for part in error.absolute_path)
             yield f"{where} example {name!r} is invalid at /{location}: {error.message}"
-
-
-def example_values(spec: dict[str, Any], media: dict[str, Any]) -> dict[str, Any]:
-    """Return a media type's examples by name; ``example`` is named ``default``."""
-    values = {}
-    if "example" in media:
-        values["default"] = media["example"]
-    for name, example in media.get("examples", {}).items():
-        values[name] = resolve(spec, example).get("value")
-    return values
 
 
 def _security(spec: dict[str, Any], operation: dict[str, Any]) -> Iterator[str]:

@@ -51,3 +51,13 @@ def resolve(spec: dict[str, Any], node: Any) -> Any:
         for part in ref[2:].split("/"):
             node = node[part.replace("~1", "/").replace("~0", "~")]
     return node
+
+
+def example_values(spec: dict[str, Any], media: dict[str, Any]) -> dict[str, Any]:
+    """Return a media type's examples by name; ``example`` is named ``default``."""
+    values = {}
+    if "example" in media:
+        values["default"] = media["example"]
+    for name, example in media.get("examples", {}).items():
+        values[name] = resolve(spec, example).get("value")
+    return values
