@@ -25,6 +25,7 @@ from origin import (
     outbox_admin,
     playback,
     purchases,
+    sandbox,
     viewers,
     webhooks,
 )
@@ -127,6 +128,8 @@ def create_app(
         await keys.load()
         await relay.start()
         recovery.start()
+        if settings.sandbox and await sandbox.seed_if_empty(state):
+            logger.info("sandbox mode: seeded the store with its fixtures")
         await processor.load_stored_secrets(keys.decrypt_text)
         processor.start()
         ticker = asyncio.create_task(tick_keys())
@@ -154,6 +157,7 @@ def create_app(
         *outbox_admin.routes,
         *metrics.routes,
         *api_docs.routes,
+        *sandbox.routes,
     ]
     deprecated = deprecated_operations(load_spec(), edge=False)
     app = Starlette(
