@@ -11,7 +11,7 @@ HLS_JS_DIR := tests/browser
 # The Pact library reports usage to its vendor unless told not to.
 export PACT_DO_NOT_TRACK := true
 
-.PHONY: demo test lint tools media clean
+.PHONY: demo test contract lint tools media clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,8 +47,13 @@ $(HLS_JS_DIR)/node_modules/.package-lock.json: $(HLS_JS_DIR)/package-lock.json
 demo: $(STAMP)
 	$(BIN)/segmentgate demo
 
-test: $(STAMP) tools
+test: $(STAMP) tools contract
 	$(BIN)/python -m pytest
+
+# The API spec's lint and its breaking changes against the released spec.
+contract: $(STAMP)
+	$(BIN)/python -m segmentgate.speclint
+	$(BIN)/python -m segmentgate.specdiff
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .

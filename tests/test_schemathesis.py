@@ -8,6 +8,7 @@ the spec allows must not be rejected.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,9 @@ from schemathesis.config._checks import (
     NegativeDataRejectionConfig,
     PositiveDataAcceptanceConfig,
 )
+from schemathesis.core.failures import FailureGroup
 
+from shared.contract import load_spec
 from tests.harness import REPO, RunningStack, running_stack
 
 SCHEMA = schemathesis.openapi.from_path(REPO / "docs" / "openapi.yaml")
@@ -105,3 +108,23 @@ def test_operation_conforms(
         headers=_credentials(case, stack, viewer_token),
         excluded_checks=_excluded_checks(case),
     )
+
+
+def test_drift_from_spec_fails(fuzzed_stack: RunningStack) -> None:
+    # The spec promises a field that the origin does not send.
+    spec = copy.deepcopy(load_spec())
+    item = spec["components"]["schemas"]["CatalogItem"]
+    item["required"] = [*item["required"], "rating"]
+    operation = schemathesis.openapi.from_dict(spec)["/v1/catalog"]["GET"]
+    with pytest.raises(FailureGroup, match="rating"):
+        operation.Case().call_and_validate(base_url=fuzzed_stack.stack.origin_url)
+
+
+def test_undocumented_status_fails(fuzzed_stack: RunningStack) -> None:
+    # The origin answers unknown content with 404, which this spec omits.
+    spec = copy.deepcopy(load_spec())
+    del spec["paths"]["/v1/catalog/{content_id}"]["get"]["responses"]["404"]
+    operation = schemathesis.openapi.from_dict(spec)["/v1/catalog/{content_id}"]
+    case = operation["GET"].Case(path_parameters={"content_id": "nothing"})
+    with pytest.raises(FailureGroup, match="Undocumented status code"):
+        case.call_and_validate(base_url=fuzzed_stack.stack.origin_url)
