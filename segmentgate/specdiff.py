@@ -16,8 +16,8 @@ Breaking, for a client built against the released spec:
 * ``new-required-input``: a required parameter, body or body property;
 * ``removed-enum-value``: a request enum lost a value.
 
-Responses may gain enum values: clients must accept values they do not
-know, as the problem type's description in the spec says.
+Responses may gain enum values, because clients must accept values they
+do not know; the description of ProblemType in the spec states that rule.
 
 A new major version allows breaking changes; below 1.0.0 a new minor
 version does, as semantic versioning says for initial development.

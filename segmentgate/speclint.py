@@ -3,7 +3,7 @@
 Run ``python -m segmentgate.speclint [SPEC]``; it prints one line per
 finding and exits 1 if there is any. The rules keep the spec usable as a
 contract: every operation can be mocked from its examples, every error is
-the one problem object, and the spec knows every problem type the code has.
+the one problem object, and the spec lists every problem type of the code.
 """
 
 from __future__ import annotations

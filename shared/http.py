@@ -70,8 +70,8 @@ def problem_handlers(logger: logging.Logger) -> dict[type[Exception], ExceptionH
 def join_routes(routes: Sequence[Route]) -> list[Route]:
     """Join routes that share a path into one route per path.
 
-    Starlette answers 405 from the first route whose path matches, with only
-    that route's methods in ``Allow``; one route per path lists them all.
+    Starlette sends 405 from the first route whose path matches, with only
+    that route's methods in ``Allow``, so one route per path lists them all.
     """
     handlers: dict[str, dict[str, Callable[..., Any]]] = {}
     for route in routes:

@@ -103,11 +103,11 @@ def test_viewer_journey_matches_spec(origin: httpx.Client) -> None:
         headers={**viewer, "Idempotency-Key": str(uuid.uuid4())},
     )
     check_response(declined, "POST", "/v1/purchases")
-    refused = origin.post(
+    conflict = origin.post(
         f"/v1/purchases/{declined.json()['purchase_id']}/refund", headers=viewer
     )
-    assert refused.status_code == 409
-    check_response(refused, "POST", "/v1/purchases/{purchase_id}/refund")
+    assert conflict.status_code == 409
+    check_response(conflict, "POST", "/v1/purchases/{purchase_id}/refund")
 
 
 def test_admin_responses_match_spec(

@@ -1,7 +1,7 @@
 """Consumer-driven contracts between the edge (consumer) and the origin (provider).
 
 The consumer side runs the edge's real origin client against Pact's mock
-server and writes the pact files; the provider side replays them against a
+server and writes the pact files. The provider side replays them against a
 real origin under hypercorn. The HTTP pact covers every call the edge
 makes (JWK set, event feed, catalog policy, entitlement lookup); the
 message pact covers the claims of the event batches the origin sends.

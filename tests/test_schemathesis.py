@@ -65,7 +65,7 @@ def viewer_token(fuzzed_stack: RunningStack) -> str:
 
 
 def _credentials(case: Any, stack: Any, viewer_token: str) -> dict[str, str]:
-    """Return the Authorization header that the operation's security asks for."""
+    """Return the Authorization header that the operation's security requires."""
     security = case.operation.definition.raw.get("security", [])
     schemes = {name for requirement in security for name in requirement}
     tokens = {
@@ -121,7 +121,7 @@ def test_drift_from_spec_fails(fuzzed_stack: RunningStack) -> None:
 
 
 def test_undocumented_status_fails(fuzzed_stack: RunningStack) -> None:
-    # The origin answers unknown content with 404, which this spec omits.
+    # The origin returns 404 for unknown content, which this spec omits.
     spec = copy.deepcopy(load_spec())
     del spec["paths"]["/v1/catalog/{content_id}"]["get"]["responses"]["404"]
     operation = schemathesis.openapi.from_dict(spec)["/v1/catalog/{content_id}"]
