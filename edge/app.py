@@ -40,8 +40,7 @@ from edge.settings import EdgeSettings
 from edge.upstream import FileUpstream, HttpUpstream, Upstream, is_playlist
 from edge.uri_tokens import UriSigner
 from shared import problems
-from shared.contract import load_spec
-from shared.deprecation import DeprecationMiddleware, deprecated_operations
+from shared.deprecation import DeprecationMiddleware, spec_deprecations
 from shared.events import EVENTS_MEDIA_TYPE
 from shared.http import REASON_HEADER, problem_handlers
 from shared.problems import Problem
@@ -355,7 +354,7 @@ def create_app(settings: EdgeSettings) -> Starlette:
         # rejects with a problem instead of the router's plain 404.
         Route("/{path:anypath}", media, methods=["GET", "HEAD"]),
     ]
-    deprecated = deprecated_operations(load_spec(), edge=True)
+    deprecated = spec_deprecations(edge=True)
     middleware = [
         Middleware(DeprecationMiddleware, deprecated=deprecated),
         Middleware(PathTokenMiddleware),

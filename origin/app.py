@@ -44,8 +44,7 @@ from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings, resolve_master_key
 from origin.state import Origin
 from origin.store import create_engine, create_tables
-from shared.contract import load_spec
-from shared.deprecation import DeprecationMiddleware, deprecated_operations
+from shared.deprecation import DeprecationMiddleware, spec_deprecations
 from shared.http import join_routes, problem_handlers
 
 logger = logging.getLogger("segmentgate.origin")
@@ -159,7 +158,7 @@ def create_app(
         *api_docs.routes,
         *sandbox.routes,
     ]
-    deprecated = deprecated_operations(load_spec(), edge=False)
+    deprecated = spec_deprecations(edge=False)
     app = Starlette(
         routes=join_routes(routes),
         middleware=[Middleware(DeprecationMiddleware, deprecated=deprecated)],

@@ -10,6 +10,7 @@ so clients learn of the removal from any response they already read.
 from __future__ import annotations
 
 import datetime
+import logging
 import re
 from dataclasses import dataclass
 from email.utils import format_datetime
@@ -18,9 +19,10 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.contract import operations
+from shared.contract import SPEC_PATH, load_spec, operations
 
 _PARAMETER = re.compile(r"(\{[^}]+\})")
+logger = logging.getLogger("segmentgate.deprecation")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,20 @@ def deprecated_operations(
             )
         )
     return found
+
+
+def spec_deprecations(*, edge: bool) -> list[DeprecatedOperation]:
+    """Return the deprecated operations of docs/openapi.yaml, if it is there.
+
+    A deployment without the source tree, such as a bundled Worker, has no
+    spec to read and so sends no deprecation headers.
+    """
+    try:
+        spec = load_spec()
+    except FileNotFoundError:
+        logger.warning("%s is missing; sending no Deprecation headers", SPEC_PATH)
+        return []
+    return deprecated_operations(spec, edge=edge)
 
 
 def _midnight(value: Any) -> datetime.datetime:

@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from edge import create_app as create_edge
 from origin import OriginSettings
 from origin import create_app as create_origin
 from segmentgate.speclint import lint
+from shared import deprecation
 from shared.contract import load_spec
 from shared.deprecation import DeprecationMiddleware, deprecated_operations
 from tests.harness import MEDIA_ROOT
@@ -97,3 +99,11 @@ def test_services_deprecate_nothing_today(tmp_path: Any) -> None:
         middleware = [m for m in app.user_middleware if m.cls is DeprecationMiddleware]
         assert len(middleware) == 1
         assert middleware[0].kwargs["deprecated"] == []
+
+
+def test_missing_spec_deprecates_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> dict[str, Any]:
+        raise FileNotFoundError("docs/openapi.yaml")
+
+    monkeypatch.setattr(deprecation, "load_spec", missing)
+    assert deprecation.spec_deprecations(edge=True) == []

@@ -378,19 +378,25 @@ def verify_http(provider: Provider, pact_dir: Path) -> Verifier:
     return verifier.verify()
 
 
-def verify_events(provider: Provider, pact_dir: Path) -> Verifier:
+def events_verifier(provider: Provider, source: Path) -> Verifier:
+    """Return a verifier of ``source`` whose messages are the origin's batches."""
+
     def produce(name: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        event_type = name.split()[1]
-        body = json.dumps(provider.batch_for(event_type)).encode()
+        # "an entitlement.granted event" names the event type to keep.
+        body = json.dumps(provider.batch_for(name.split()[1])).encode()
         return {"contents": body, "metadata": None, "content_type": "application/json"}
 
-    verifier = (
+    return (
         Verifier(EVENTS_PROVIDER, host="127.0.0.1")
         .message_handler(produce)
-        .add_source(pact_dir / f"{CONSUMER}-{EVENTS_PROVIDER}.json")
+        .add_source(source)
         .state_handler(provider.set_state, teardown=False)
     )
-    return verifier.verify()
+
+
+def verify_events(provider: Provider, pact_dir: Path) -> Verifier:
+    source = pact_dir / f"{CONSUMER}-{EVENTS_PROVIDER}.json"
+    return events_verifier(provider, source).verify()
 
 
 def test_origin_honours_http_pact(provider: Provider, pact_dir: Path) -> None:
@@ -421,3 +427,19 @@ def test_origin_fails_pact_it_breaks(
     with pytest.raises(RuntimeError, match="Failed to execute verifier"):
         verifier.verify()
     assert "missing the following keys: price_cents" in verifier.output(strip_ansi=True)
+
+
+def test_origin_fails_event_pact_it_breaks(
+    provider: Provider, pact_dir: Path, tmp_path: Path
+) -> None:
+    # A consumer that relies on events carrying a field the origin omits.
+    source = pact_dir / f"{CONSUMER}-{EVENTS_PROVIDER}.json"
+    document = json.loads(source.read_text())
+    for interaction in document["interactions"]:
+        interaction["contents"]["content"]["events"][0]["region"] = "eu"
+    broken = tmp_path / source.name
+    broken.write_text(json.dumps(document))
+    verifier = events_verifier(provider, broken)
+    with pytest.raises(RuntimeError, match="Failed to execute verifier"):
+        verifier.verify()
+    assert "region" in verifier.output(strip_ansi=True)
