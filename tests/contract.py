@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import jsonschema
 import jwt
+import referencing
+from referencing.jsonschema import DRAFT202012
 
 from segmentgate.speclint import pointer, schema_validator
-from shared.contract import load_spec, resolve
+from shared.contract import load_schema, load_spec, resolve
 
 
 def check_response(
@@ -53,3 +56,14 @@ def check_response(
 def unverified_claims(token: str) -> dict[str, Any]:
     """Return a JWT's claims without checking its signature."""
     return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+def event_batch_validator() -> jsonschema.Validator:
+    """Return a validator of event batch claims, docs/schemas/event-batch.json."""
+    event = load_schema("event")
+    registry: referencing.Registry[Any] = referencing.Registry().with_resource(
+        event["$id"], DRAFT202012.create_resource(event)
+    )
+    return jsonschema.Draft202012Validator(
+        load_schema("event-batch"), registry=registry
+    )

@@ -14,16 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import jsonschema
 import jwt
 import pytest
-import referencing
-from referencing.jsonschema import DRAFT202012
 
-from shared.contract import load_schema
 from shared.events import EVENTS_AUDIENCE
 from shared.tokens import ISSUER
-from tests.contract import check_response, unverified_claims
+from tests.contract import check_response, event_batch_validator, unverified_claims
 from tests.harness import RunningStack, running_stack
 
 
@@ -43,16 +39,6 @@ def origin(checked_stack: RunningStack) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def admin(checked_stack: RunningStack, origin: httpx.Client) -> dict[str, str]:
     return {"Authorization": f"Bearer {checked_stack.stack.admin_token}"}
-
-
-def batch_validator() -> jsonschema.Validator:
-    event = load_schema("event")
-    registry: referencing.Registry[Any] = referencing.Registry().with_resource(
-        event["$id"], DRAFT202012.create_resource(event)
-    )
-    return jsonschema.Draft202012Validator(
-        load_schema("event-batch"), registry=registry
-    )
 
 
 def test_viewer_journey_matches_spec(origin: httpx.Client) -> None:
@@ -190,7 +176,7 @@ def test_event_feed_matches_event_schemas(
         audience=EVENTS_AUDIENCE,
         issuer=ISSUER,
     )
-    errors = [error.message for error in batch_validator().iter_errors(claims)]
+    errors = [error.message for error in event_batch_validator().iter_errors(claims)]
     assert errors == []
     types = {event["type"] for event in claims["events"]}
     assert types >= {
@@ -241,10 +227,10 @@ def test_event_schema_rejects_malformed(change: dict[str, Any], expected: str) -
         "events": [event],
         "last_seq": 1,
     }
-    messages = [error.message for error in batch_validator().iter_errors(claims)]
+    messages = [error.message for error in event_batch_validator().iter_errors(claims)]
     messages += [
         sub.message
-        for error in batch_validator().iter_errors(claims)
+        for error in event_batch_validator().iter_errors(claims)
         for sub in error.context or ()
     ]
     assert any(expected in message for message in messages), messages

@@ -79,6 +79,9 @@ def http_pact() -> Pact:
         .will_respond_with(200)
         .with_body({"keys": match.each_like(ED25519_KEY)}, "application/jwk-set+json")
     )
+    # NOTE: Pact applies matching rules to JSON bodies only, and the feed is
+    # a JWT; so this checks the request, the status and the media type, and
+    # the event pact checks the batch's claims.
     (
         pact.upon_receiving("a request for the event feed")
         .given("the origin has a signing key")
