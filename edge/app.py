@@ -364,7 +364,11 @@ def create_app(settings: EdgeSettings) -> Starlette:
             allow_origins=list(settings.allow_origins),
             allow_methods=["GET", "HEAD", "OPTIONS"],
             allow_headers=["Range", "Authorization"],
-            expose_headers=[REASON_HEADER, "Content-Range", "Content-Length", "Date"],
+            expose_headers=[
+                *(REASON_HEADER, "Content-Range", "Content-Length", "Date"),
+                # Players learn of a deprecated operation from these.
+                *("Deprecation", "Sunset"),
+            ],
             max_age=86400,
         ),
     ]
