@@ -267,3 +267,17 @@ def test_edge_responses_match_spec(checked_stack: RunningStack) -> None:
         playlist = edge.get(session["playlist_url"])
         assert playlist.status_code == 200
         check_response(playlist, "GET", "/{content_id}/{file}")
+        rendition = edge.get(str(playlist.url.join(playlist.text.splitlines()[-1])))
+        check_response(rendition, "GET", "/{content_id}/{file}")
+        uris = [line for line in rendition.text.splitlines() if ".ts" in line]
+        segment_url = str(rendition.url.join(uris[0]))
+        segment = edge.get(segment_url)
+        assert segment.status_code == 200
+        assert segment.headers["content-type"] == "video/mp2t"
+        check_response(segment, "GET", "/{content_id}/{file}")
+        part = edge.get(segment_url, headers={"Range": "bytes=0-99"})
+        assert part.status_code == 206
+        check_response(part, "GET", "/{content_id}/{file}")
+        beyond = edge.get(segment_url, headers={"Range": "bytes=999999999-"})
+        assert beyond.status_code == 416
+        check_response(beyond, "GET", "/{content_id}/{file}")
