@@ -12,7 +12,10 @@ STOREFRONT_DIR := origin/storefront
 # The Workers runtime (workerd) for the Worker smoke test, pinned likewise.
 WORKERD_DIR := tests/workerd
 
-.PHONY: demo test lint tools storefront media clean
+# The Pact library reports usage to its vendor unless told not to.
+export PACT_DO_NOT_TRACK := true
+
+.PHONY: demo test contract lint tools storefront media clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,8 +64,13 @@ $(WORKERD_DIR)/node_modules/.package-lock.json: $(WORKERD_DIR)/package-lock.json
 demo: $(STAMP) storefront
 	$(BIN)/segmentgate demo
 
-test: $(STAMP) tools
+test: $(STAMP) tools contract
 	$(BIN)/python -m pytest
+
+# The API spec's lint and its breaking changes against the released spec.
+contract: $(STAMP)
+	$(BIN)/python -m segmentgate.speclint
+	$(BIN)/python -m segmentgate.specdiff
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .

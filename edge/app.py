@@ -42,6 +42,7 @@ from edge.settings import EdgeSettings
 from edge.upstream import FileUpstream, HttpUpstream, Upstream, is_playlist
 from edge.uri_tokens import UriSigner
 from shared import problems
+from shared.deprecation import DeprecationMiddleware, spec_deprecations
 from shared.events import EVENTS_MEDIA_TYPE
 from shared.http import REASON_HEADER, problem_handlers
 from shared.problems import Problem
@@ -276,6 +277,11 @@ def _credentials(request: Request) -> Credentials:
 
 async def media(request: Request) -> Response:
     edge: Edge = request.app.state.edge
+    # The catch-all route also matches control paths requested with another
+    # method; those get 405, not a media lookup.
+    allowed = request.app.state.control_methods.get(request.scope["path"])
+    if allowed is not None:
+        raise Problem(problems.METHOD_NOT_ALLOWED, headers={"Allow": allowed})
     check_raw_path(request.scope.get("raw_path"))
     content_id, rest = split_media_path(request.scope["path"])
     access = await edge.gate.check(
@@ -382,7 +388,9 @@ def create_app(
         # rejects with a problem instead of the router's plain 404.
         Route("/{path:anypath}", media, methods=["GET", "HEAD"]),
     ]
+    deprecated = spec_deprecations(edge=True)
     middleware = [
+        Middleware(DeprecationMiddleware, deprecated=deprecated),
         Middleware(PathTokenMiddleware),
         Middleware(AccessLogMiddleware),
         Middleware(
@@ -390,7 +398,11 @@ def create_app(
             allow_origins=list(settings.allow_origins),
             allow_methods=["GET", "HEAD", "OPTIONS"],
             allow_headers=["Range", "Authorization"],
-            expose_headers=[REASON_HEADER, "Content-Range", "Content-Length", "Date"],
+            expose_headers=[
+                *(REASON_HEADER, "Content-Range", "Content-Length", "Date"),
+                # Players learn of a deprecated operation from these.
+                *("Deprecation", "Sunset"),
+            ],
             max_age=86400,
         ),
     ]
@@ -404,4 +416,7 @@ def create_app(
     # the Host header could point anywhere.
     app.router.redirect_slashes = False
     app.state.edge = edge
+    app.state.control_methods = {
+        route.path: ", ".join(sorted(route.methods or ())) for route in routes[:-1]
+    }
     return app

@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from origin import (
     admin,
+    api_docs,
     catalog,
     dlq,
     feeds,
@@ -23,6 +25,7 @@ from origin import (
     outbox_admin,
     playback,
     purchases,
+    sandbox,
     sandbox_issuer,
     storefront,
     viewers,
@@ -43,7 +46,8 @@ from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings, resolve_master_key
 from origin.state import Origin
 from origin.store import create_engine, create_tables
-from shared.http import problem_handlers
+from shared.deprecation import DeprecationMiddleware, spec_deprecations
+from shared.http import join_routes, problem_handlers
 
 logger = logging.getLogger("segmentgate.origin")
 
@@ -128,6 +132,8 @@ def create_app(
         await keys.load()
         await relay.start()
         recovery.start()
+        if settings.sandbox and await sandbox.seed_if_empty(state):
+            logger.info("sandbox mode: seeded the store with its fixtures")
         await processor.load_stored_secrets(keys.decrypt_text)
         processor.start()
         ticker = asyncio.create_task(tick_keys())
@@ -156,9 +162,15 @@ def create_app(
         *dlq.routes,
         *outbox_admin.routes,
         *metrics.routes,
+        *api_docs.routes,
+        *sandbox.routes,
     ]
+    deprecated = spec_deprecations(edge=False)
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers=problem_handlers(logger)
+        routes=join_routes(routes),
+        middleware=[Middleware(DeprecationMiddleware, deprecated=deprecated)],
+        lifespan=lifespan,
+        exception_handlers=problem_handlers(logger),
     )
     # A trailing slash is not a path to redirect from: a redirect built from
     # the Host header could point anywhere.

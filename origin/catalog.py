@@ -91,13 +91,8 @@ def _read_policy(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def put_content(request: Request) -> Response:
-    origin: Origin = request.app.state.origin
-    actor = require_scope(request, origin.admin_tokens, "catalog")
-    content_id = request.path_params["content_id"]
-    if not CONTENT_ID.fullmatch(content_id):
-        raise invalid("content id must be 1 to 128 letters, digits, '-' or '_'")
-    data, _ = await read_object(request)
+def content_values(data: dict[str, Any]) -> dict[str, Any]:
+    """Check a content item's title, entry and policy; return its row values."""
     values = {
         "title": string_field(data, "title"),
         "entry": string_field(data, "entry", pattern=ENTRY_PATTERN),
@@ -106,6 +101,17 @@ async def put_content(request: Request) -> Response:
     }
     if ".." in values["entry"].split("/"):
         raise invalid("'entry' must stay inside the content directory", "entry")
+    return values
+
+
+async def put_content(request: Request) -> Response:
+    origin: Origin = request.app.state.origin
+    actor = require_scope(request, origin.admin_tokens, "catalog")
+    content_id = request.path_params["content_id"]
+    if not CONTENT_ID.fullmatch(content_id):
+        raise invalid("content id must be 1 to 128 letters, digits, '-' or '_'")
+    data, _ = await read_object(request)
+    values = content_values(data)
     async with origin.engine.begin() as connection:
         updated = await connection.execute(
             content.update().where(content.c.content_id == content_id).values(**values)

@@ -223,6 +223,16 @@ class KeyRing:
         Revoking the current key promotes the next key, or a new one, at
         once: tokens signed by the revoked key fail either way.
         """
+        while not await self._revoke_once(kid):
+            # A rotation tick changed the key's state after it was read.
+            logger.info("key %s changed state during revocation; retrying", kid)
+        # Load first, so the relay signs the announcement with the new state.
+        await self.load()
+        self.on_event()
+        return next(record for record in await self.records() if record.kid == kid)
+
+    async def _revoke_once(self, kid: str) -> bool:
+        """Revoke ``kid`` unless its state changed since it was read."""
         async with self._engine.begin() as connection:
             row = (
                 await connection.execute(
@@ -231,16 +241,15 @@ class KeyRing:
             ).first()
             if row is None:
                 raise KeyNotFound(kid)
-            if row.state != REVOKED:
-                await self._set_state(connection, kid, row.state, REVOKED)
-                await append_event(connection, KEY_REVOKED, "", "", 0, kid=kid)
-                logger.warning("revoked key %s (was %s)", kid, row.state)
-                if row.state == CURRENT:
-                    await self._promote_next(connection, immediately=True)
-        # Load first, so the relay signs the announcement with the new state.
-        await self.load()
-        self.on_event()
-        return next(record for record in await self.records() if record.kid == kid)
+            if row.state == REVOKED:
+                return True
+            if not await self._set_state(connection, kid, row.state, REVOKED):
+                return False
+            await append_event(connection, KEY_REVOKED, "", "", 0, kid=kid)
+            logger.warning("revoked key %s (was %s)", kid, row.state)
+            if row.state == CURRENT:
+                await self._promote_next(connection, immediately=True)
+        return True
 
     async def _promote_next(
         self, connection: AsyncConnection, *, immediately: bool

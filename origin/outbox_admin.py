@@ -34,6 +34,9 @@ async def resend_events(request: Request) -> Response:
     bounds = []
     for name in ("from_seq", "to_seq"):
         value = data.get(name)
+        # JSON has one number type, so 7.0 is the integer 7 (JSON Schema 2020-12).
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise invalid(f"{name} must be an integer of at least 1", name)
         bounds.append(value)

@@ -70,6 +70,9 @@ class OriginSettings:
     stripe_return_url: str = ""
     sandbox_state_path: str = ""
     sandbox_faults: str = ""
+    # Sandbox mode seeds a fresh store with the fixtures of origin/sandbox.py
+    # and serves POST /v1/admin/sandbox/reset; never set it in production.
+    sandbox: bool = False
     recovery_interval: float = 15.0
     # Inbound webhook secrets, "provider:secret" pairs separated by commas;
     # a provider may list several during rotation. Provider "stripe" uses
@@ -141,6 +144,7 @@ class OriginSettings:
             stripe_return_url=env.get("SEGMENTGATE_STRIPE_RETURN_URL", ""),
             sandbox_state_path=env.get("SEGMENTGATE_SANDBOX_STATE", ""),
             sandbox_faults=env.get("SEGMENTGATE_SANDBOX_FAULTS", ""),
+            sandbox=env.get("SEGMENTGATE_SANDBOX", "") == "1",
             recovery_interval=_seconds(
                 env, "SEGMENTGATE_RECOVERY_INTERVAL", cls.recovery_interval
             ),

@@ -165,7 +165,7 @@ def _matches(version: str, secret: str, signed: bytes, signature: bytes) -> bool
 
 def _decode_key(encoded: str) -> bytes:
     # Secrets are sometimes published without base64 padding.
-    return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
 
 
 def check_secret(scheme: str, secret: str) -> None:

@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
                 "the newest schema and exit (the origin also does this at start)",
             )
 
+    mock = commands.add_parser(
+        "mock",
+        help="serve the examples of docs/openapi.yaml for every operation of the "
+        "origin and the edge, to integrate before the real services run",
+    )
+    mock.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    mock.add_argument("--port", type=int, default=8300, help="port (default: 8300)")
+
     add_admin_commands(commands)
     add_events_commands(commands)
 
@@ -168,7 +176,12 @@ async def _run_one(command: str, bind: str | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, shutdown.set)
-    if command == "origin":
+    if command == "mock":
+        from segmentgate.mock import create_mock_app
+
+        app = create_mock_app()
+        default_bind = "127.0.0.1:8300"
+    elif command == "origin":
         from origin import OriginSettings, create_app
 
         settings = OriginSettings.from_env()
@@ -215,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
 
         revision = asyncio.run(migrate_store(OriginSettings.from_env().database_url))
         print(f"store is at schema revision {revision}", flush=True)
+    elif args.command == "mock":
+        bind = f"{args.host}:{args.port}"
+        print(f"mock of the origin and the edge on http://{bind}", flush=True)
+        asyncio.run(_run_one("mock", bind))
     else:
         asyncio.run(_run_one(args.command, args.bind))
     return 0

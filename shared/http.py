@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from shared import problems
 from shared.problems import REASON_HEADER, Problem
 
-__all__ = ["REASON_HEADER", "problem_handlers", "problem_response"]
+__all__ = ["REASON_HEADER", "join_routes", "problem_handlers", "problem_response"]
 
 ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
 
@@ -63,3 +65,32 @@ def problem_handlers(logger: logging.Logger) -> dict[type[Exception], ExceptionH
         HTTPException: handle_http_exception,
         Exception: handle_error,
     }
+
+
+def join_routes(routes: Sequence[Route]) -> list[Route]:
+    """Join routes that share a path into one route per path.
+
+    Starlette sends 405 from the first route whose path matches, with only
+    that route's methods in ``Allow``, so one route per path lists them all.
+    """
+    handlers: dict[str, dict[str, Callable[..., Any]]] = {}
+    for route in routes:
+        methods = (route.methods or {"GET"}) - {"HEAD"}
+        by_method = handlers.setdefault(route.path, {})
+        by_method.update(dict.fromkeys(methods, route.endpoint))
+    return [
+        Route(path, _dispatch(by_method), methods=sorted(by_method))
+        if len(by_method) > 1
+        else next(route for route in routes if route.path == path)
+        for path, by_method in handlers.items()
+    ]
+
+
+def _dispatch(
+    by_method: dict[str, Callable[[Request], Awaitable[Response]]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await by_method[method](request)
+
+    return endpoint

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,9 @@ import pytest
 from tests.harness import AccessLog, RunningStack, Viewer, running_stack
 
 ACCESS_LOGGER = logging.getLogger("segmentgate.edge.access")
+# The Pact library reports usage to its vendor unless told not to; tests
+# send nothing beyond this machine.
+os.environ["PACT_DO_NOT_TRACK"] = "true"
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from origin.outbox import OutboxRelay, append_event, read_events
 from origin.providers import SandboxProvider
 from origin.store import create_engine, create_tables
 from shared.events import event_batch_from_claims
+from tests.contract import event_batch_validator
 from tests.saga_harness import ADMIN_TOKEN, FakeClock, running_origin
 
 EDGE_A = "http://edge-a.test"
@@ -393,6 +394,8 @@ async def test_jetstream_dedupes_by_event_id(
     assert info.state.messages == 3
     assert message.headers["Nats-Msg-Id"]
     assert message.subject == f"{jetstream_names[1]}.entitlement.granted"
+    claims = jwt.decode(message.data, options={"verify_signature": False})
+    assert list(event_batch_validator().iter_errors(claims)) == []
     nats_status = status["destinations"][1]
     assert nats_status["target"] == NATS_URL
     assert nats_status["lag_events"] == 0
