@@ -11,6 +11,8 @@ from origin.keyring import KeyRing
 from origin.outbox import OutboxRelay
 from origin.providers import PaymentProvider
 from origin.recovery import RecoveryLoop
+from origin.risk import RiskEngine
+from origin.risk_signals import RequestContext
 from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings
 
@@ -28,3 +30,6 @@ class Origin:
     clock: Callable[[], float]
     # Admin tokens and the scopes each holds.
     admin_tokens: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Set by create_app, once the master key is known.
+    risk: RiskEngine = field(init=False)
+    risk_context: RequestContext = field(init=False)

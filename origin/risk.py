@@ -1,0 +1,433 @@
+"""The risk engine: allow, challenge or block a purchase before it is charged.
+
+Every purchase request is scored from what the origin sees, without keeping
+personal data: the viewer, the provider's card fingerprint and the card's
+country, a device fingerprint and the client's network (both keyed hashes
+of request headers, see :mod:`origin.risk_signals`) and the request's
+country. Each assessment is a row of ``risk_assessments``, and those rows
+are the windows that the signals count, so every origin replica on the same
+store counts the same purchases.
+
+Signals, each with a challenge and a block limit in :class:`RiskPolicy`:
+
+* purchases per viewer, per card and per device within ``velocity_seconds``;
+* distinct cards per viewer and per device, and distinct viewers per card
+  and per device, within ``sharing_seconds``;
+* declines in a row per viewer, card and device (purchases that the issuer
+  declined, after which no purchase succeeded);
+* the card's issuing country against the request's country.
+
+A crowd on one network, such as a premiere watched on a campus, is no signal
+by itself: the device signals count only when the device holds at least
+``crowd_device_share`` of the viewers seen on its network, so a device farm
+on its own network is caught while one popular phone model among many
+devices on a campus is not. A farm that spreads its viewers evenly over
+three or more device profiles on one network passes the device signals, and
+is left to the viewer and card signals. A surge of purchases across all viewers is
+detected and recorded, never a reason, so the per-viewer, per-card and
+per-device signals stay decisive during a premiere.
+
+NOTE: two replicas that assess at the same instant on PostgreSQL may each
+miss the other's uncommitted row, so a burst can pass a limit by the number
+of concurrent requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from origin import purchase_records as records
+from origin.store import purchases, risk_assessments
+
+logger = logging.getLogger("segmentgate.origin.risk")
+
+ALLOW = "allow"
+CHALLENGE = "challenge"
+BLOCK = "block"
+DECISIONS = (ALLOW, CHALLENGE, BLOCK)
+_RANK = {decision: rank for rank, decision in enumerate(DECISIONS)}
+
+# enforce acts on decisions; observe records them and allows every purchase;
+# off skips the engine.
+MODES = ("enforce", "observe", "off")
+
+# Purchase statuses that end a run of declines: the card was authorized.
+_SUCCEEDED = frozenset(
+    {
+        records.AUTHORIZED,
+        records.CAPTURED,
+        records.GRANTED,
+        records.REFUNDING,
+        records.REFUNDED,
+    }
+)
+# The most recent purchases read when counting declines in a row.
+_STREAK_ROWS = 20
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Counts at which a signal challenges and blocks; 0 turns a level off."""
+
+    challenge: int
+    block: int
+
+    def decide(self, observed: int) -> str:
+        if self.block and observed >= self.block:
+            return BLOCK
+        if self.challenge and observed >= self.challenge:
+            return CHALLENGE
+        return ALLOW
+
+    def threshold(self, decision: str) -> int:
+        return self.block if decision == BLOCK else self.challenge
+
+
+@dataclass(frozen=True)
+class RiskPolicy:
+    """Thresholds of the risk engine; windows in seconds.
+
+    Each field can be set from ``SEGMENTGATE_RISK_<FIELD>``; a :class:`Limit`
+    takes ``challenge,block``, for example ``SEGMENTGATE_RISK_CARD_VIEWERS=3,5``.
+    """
+
+    mode: str = "enforce"
+    velocity_seconds: float = 3600.0
+    sharing_seconds: float = 86400.0
+    viewer_purchases: Limit = Limit(6, 12)
+    card_purchases: Limit = Limit(6, 12)
+    device_purchases: Limit = Limit(8, 16)
+    viewer_cards: Limit = Limit(3, 5)
+    device_cards: Limit = Limit(4, 6)
+    card_viewers: Limit = Limit(3, 5)
+    device_viewers: Limit = Limit(4, 6)
+    declines: Limit = Limit(2, 3)
+    # The decision when the card's country differs from the request's.
+    country_mismatch: str = CHALLENGE
+    # This many challenging signals together block; 0 never escalates.
+    challenges_to_block: int = 2
+    crowd_device_share: float = 0.5
+    # A surge: at least surge_factor times the usual rate of purchases, and
+    # at least surge_min_purchases, within surge_seconds.
+    surge_seconds: float = 300.0
+    surge_factor: float = 5.0
+    surge_min_purchases: int = 50
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"risk mode must be one of {', '.join(MODES)}")
+        if self.country_mismatch not in DECISIONS:
+            raise ValueError(
+                f"country_mismatch must be one of {', '.join(DECISIONS)}, "
+                f"not {self.country_mismatch!r}"
+            )
+        if self.sharing_seconds <= self.surge_seconds:
+            raise ValueError("sharing_seconds must exceed surge_seconds")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> RiskPolicy:
+        """Build the policy from ``SEGMENTGATE_RISK_*`` variables."""
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):
+            name = "SEGMENTGATE_RISK_" + item.name.upper()
+            text = env.get(name)
+            if text is not None:
+                values[item.name] = _parse(name, text, getattr(cls, item.name))
+        return cls(**values)
+
+
+def _parse(name: str, text: str, default: object) -> object:
+    try:
+        if isinstance(default, Limit):
+            challenge, block = (int(part) for part in text.split(","))
+            return Limit(challenge, block)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, int):
+            return int(text)
+    except ValueError:
+        expected = "challenge,block" if isinstance(default, Limit) else "a number"
+        raise ValueError(f"{name} must be {expected}, not {text!r}") from None
+    return text
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One purchase request as the engine sees it: ids and keyed hashes only."""
+
+    viewer_id: str
+    content_id: str
+    device_key: str
+    network_key: str
+    card_key: str | None = None
+    card_country: str | None = None
+    request_country: str | None = None
+
+
+@dataclass(frozen=True)
+class Reason:
+    """A signal that reached a limit: its code, what was seen and the limit."""
+
+    code: str
+    decision: str
+    observed: int | str
+    limit: int | str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    assessment_id: str
+    decision: str
+    enforced: bool
+    reasons: tuple[Reason, ...] = ()
+    signals: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> bool:
+        """Whether the purchase must not be charged."""
+        return self.enforced and self.decision == BLOCK
+
+    @property
+    def challenges(self) -> bool:
+        """Whether the provider must ask the card holder to authenticate."""
+        return self.enforced and self.decision == CHALLENGE
+
+
+class RiskEngine:
+    """Assess purchase attempts against the windows kept in the store."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        policy: RiskPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self.policy = policy or RiskPolicy()
+        self._clock = clock
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy.mode != "off"
+
+    async def assess(self, attempt: Attempt) -> Assessment:
+        """Score ``attempt``, record the assessment and return it."""
+        now = self._clock()
+        assessment_id = "risk_" + uuid.uuid4().hex
+        enforced = self.policy.mode == "enforce"
+        async with self._engine.begin() as connection:
+            # The attempt is recorded first, so that the counts include it.
+            await connection.execute(
+                risk_assessments.insert().values(
+                    assessment_id=assessment_id,
+                    at=now,
+                    viewer_id=attempt.viewer_id,
+                    content_id=attempt.content_id,
+                    card_key=attempt.card_key,
+                    card_country=attempt.card_country,
+                    request_country=attempt.request_country,
+                    device_key=attempt.device_key,
+                    network_key=attempt.network_key,
+                    decision=ALLOW,
+                    enforced=enforced,
+                    reasons=[],
+                    signals={},
+                )
+            )
+            signals = await _count_signals(connection, attempt, self.policy, now)
+            decision, reasons = judge(attempt, signals, self.policy)
+            await connection.execute(
+                risk_assessments.update()
+                .where(risk_assessments.c.assessment_id == assessment_id)
+                .values(
+                    decision=decision,
+                    reasons=[reason.to_dict() for reason in reasons],
+                    signals=signals,
+                )
+            )
+        if decision != ALLOW:
+            logger.info(
+                "risk %s for viewer %s (%s): %s",
+                decision,
+                attempt.viewer_id,
+                assessment_id,
+                ", ".join(reason.code for reason in reasons),
+            )
+        return Assessment(assessment_id, decision, enforced, tuple(reasons), signals)
+
+    async def attach_purchase(self, assessment_id: str, purchase_id: str) -> None:
+        """Link an assessment to the purchase that it let through."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                risk_assessments.update()
+                .where(risk_assessments.c.assessment_id == assessment_id)
+                .values(purchase_id=purchase_id)
+            )
+
+
+def judge(
+    attempt: Attempt, signals: dict[str, Any], policy: RiskPolicy
+) -> tuple[str, list[Reason]]:
+    """Turn counted signals into a decision and the reasons for it."""
+    reasons = [
+        Reason(code, decision, signals[code], limit.threshold(decision))
+        for code, limit in _limits(signals, policy)
+        if (decision := limit.decide(signals[code])) != ALLOW
+    ]
+    mismatch = _country_mismatch(attempt)
+    if mismatch and policy.country_mismatch != ALLOW:
+        reasons.append(Reason("country_mismatch", policy.country_mismatch, mismatch))
+    decision = max(
+        (reason.decision for reason in reasons), key=_RANK.__getitem__, default=ALLOW
+    )
+    challenging = [reason for reason in reasons if reason.decision == CHALLENGE]
+    escalate = policy.challenges_to_block
+    if decision == CHALLENGE and escalate and len(challenging) >= escalate:
+        reasons.append(Reason("several_signals", BLOCK, len(challenging), escalate))
+        decision = BLOCK
+    return decision, reasons
+
+
+def _limits(signals: dict[str, Any], policy: RiskPolicy) -> list[tuple[str, Limit]]:
+    limits = [
+        ("viewer_purchases", policy.viewer_purchases),
+        ("viewer_cards", policy.viewer_cards),
+        ("declines_in_a_row", policy.declines),
+    ]
+    if "card_purchases" in signals:
+        limits += [
+            ("card_purchases", policy.card_purchases),
+            ("card_viewers", policy.card_viewers),
+        ]
+    if not signals["crowd"]:
+        limits += [
+            ("device_purchases", policy.device_purchases),
+            ("device_viewers", policy.device_viewers),
+            ("device_cards", policy.device_cards),
+        ]
+    return limits
+
+
+def _country_mismatch(attempt: Attempt) -> str | None:
+    card, request = attempt.card_country, attempt.request_country
+    if card is None or request is None or card == request:
+        return None
+    return f"{card}/{request}"
+
+
+async def _count_signals(
+    connection: AsyncConnection, attempt: Attempt, policy: RiskPolicy, now: float
+) -> dict[str, Any]:
+    recent = now - policy.velocity_seconds
+    shared = now - policy.sharing_seconds
+    table = risk_assessments.c
+
+    async def count(where: ColumnElement[bool], what: Any = None) -> int:
+        target = func.count() if what is None else func.count(what.distinct())
+        query = select(target).select_from(risk_assessments).where(where)
+        return int((await connection.execute(query)).scalar_one())
+
+    viewer = table.viewer_id == attempt.viewer_id
+    device = table.device_key == attempt.device_key
+    signals: dict[str, Any] = {
+        "viewer_purchases": await count(viewer & (table.at > recent)),
+        "viewer_cards": await count(viewer & (table.at > shared), table.card_key),
+        "device_purchases": await count(device & (table.at > recent)),
+        "device_viewers": await count(device & (table.at > shared), table.viewer_id),
+        "device_cards": await count(device & (table.at > shared), table.card_key),
+        "network_viewers": await count(
+            (table.network_key == attempt.network_key) & (table.at > shared),
+            table.viewer_id,
+        ),
+    }
+    streaks = [
+        await _declines_in_a_row(
+            connection, table.viewer_id, attempt.viewer_id, shared
+        ),
+        await _declines_in_a_row(
+            connection, table.device_key, attempt.device_key, shared
+        ),
+    ]
+    if attempt.card_key is not None:
+        card = table.card_key == attempt.card_key
+        signals["card_purchases"] = await count(card & (table.at > recent))
+        signals["card_viewers"] = await count(
+            card & (table.at > shared), table.viewer_id
+        )
+        streaks.append(
+            await _declines_in_a_row(
+                connection, table.card_key, attempt.card_key, shared
+            )
+        )
+    signals["declines_in_a_row"] = max(streaks)
+    signals["crowd"] = _in_crowd(signals, policy)
+    signals["surge"] = await _surge(connection, policy, now)
+    return signals
+
+
+def _in_crowd(signals: dict[str, Any], policy: RiskPolicy) -> bool:
+    """Whether the device is one of many on a shared network, such as a campus."""
+    share = signals["device_viewers"] / max(signals["network_viewers"], 1)
+    return bool(share < policy.crowd_device_share)
+
+
+async def _surge(connection: AsyncConnection, policy: RiskPolicy, now: float) -> bool:
+    """Whether purchases arrive at several times their rate of the past day."""
+    start = now - policy.surge_seconds
+    recent = select(func.count()).where(risk_assessments.c.at > start)
+    before = select(func.count()).where(
+        risk_assessments.c.at > now - policy.sharing_seconds,
+        risk_assessments.c.at <= start,
+    )
+    recent_count = int((await connection.execute(recent)).scalar_one())
+    before_count = int((await connection.execute(before)).scalar_one())
+    periods = (policy.sharing_seconds - policy.surge_seconds) / policy.surge_seconds
+    usual = max(before_count / periods, 1.0)
+    return (
+        recent_count >= policy.surge_min_purchases
+        and recent_count >= policy.surge_factor * usual
+    )
+
+
+async def _declines_in_a_row(
+    connection: AsyncConnection, column: Any, value: str, since: float
+) -> int:
+    """Count the most recent declined purchases, back to the last success.
+
+    Purchases that asked for 3-D Secure are skipped, because their outcome
+    depends on the viewer finishing authentication; running and failed ones
+    are skipped too, and blocked requests have no purchase.
+    """
+    joined = risk_assessments.join(
+        purchases, risk_assessments.c.purchase_id == purchases.c.purchase_id
+    )
+    query = (
+        select(purchases.c.status, purchases.c.request_three_d_secure)
+        .select_from(joined)
+        .where(column == value, risk_assessments.c.at > since)
+        .order_by(risk_assessments.c.at.desc())
+        .limit(_STREAK_ROWS)
+    )
+    streak = 0
+    for status, three_d_secure in await connection.execute(query):
+        if three_d_secure:
+            continue
+        if status == records.DECLINED:
+            streak += 1
+        elif status in _SUCCEEDED:
+            break
+    return streak
