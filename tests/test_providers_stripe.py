@@ -8,6 +8,7 @@ expanded), the Refund object and the error object.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from decimal import Decimal
@@ -402,6 +403,14 @@ class FakeStripe:
         mock.get(path__regex=r"/v1/payment_intents/(?P<id>\w+)").mock(
             side_effect=self.retrieve
         )
+        mock.get(path__regex=r"/v1/payment_methods/(?P<id>\w+)").mock(
+            side_effect=self.payment_method
+        )
+
+    def payment_method(self, request: httpx.Request, id: str) -> httpx.Response:
+        card = {"brand": "visa", "country": "US", "fingerprint": "Xt5EWLLDS7FJjR1c"}
+        body = {"id": id, "object": "payment_method", "type": "card", "card": card}
+        return httpx.Response(200, json=body)
 
     def idempotent(
         self, request: httpx.Request, act: Any, *args: Any
@@ -484,3 +493,66 @@ async def test_purchase_and_refund_through_stripe(tmp_path: Path) -> None:
                 assert await check_invariants(connection) == []
     assert fake.captures == 1
     assert fake.refunds == 1
+
+
+@respx.mock(base_url=API, assert_all_called=True)
+async def test_create_intent_can_request_3ds(
+    respx_mock: respx.MockRouter, stripe: StripeProvider
+) -> None:
+    route = respx_mock.post("/v1/payment_intents").respond(200, json=payment_intent())
+    challenged = dataclasses.replace(INTENT_REQUEST, request_three_d_secure=True)
+
+    await stripe.create_intent(INTENT_REQUEST, "pur_test:payment_intent:1")
+    plain = form(route.calls.last.request)
+    await stripe.create_intent(challenged, "pur_test:payment_intent:2")
+    fields = form(route.calls.last.request)
+
+    assert "payment_method_options[card][request_three_d_secure]" not in plain
+    assert fields["payment_method_options[card][request_three_d_secure]"] == ["any"]
+
+
+@respx.mock(base_url=API, assert_all_called=True)
+async def test_payment_method_details_read_the_card(
+    respx_mock: respx.MockRouter, stripe: StripeProvider
+) -> None:
+    # A PaymentMethod object as GET /v1/payment_methods/{id} returns it.
+    route = respx_mock.get("/v1/payment_methods/pm_1Q0PsIJvEtkwdCNYMSaVuRz6").respond(
+        200,
+        json={
+            "id": "pm_1Q0PsIJvEtkwdCNYMSaVuRz6",
+            "object": "payment_method",
+            "type": "card",
+            "card": {
+                "brand": "visa",
+                "country": "US",
+                "fingerprint": "Xt5EWLLDS7FJjR1c",
+                "last4": "4242",
+            },
+        },
+    )
+
+    details = await stripe.payment_method_details("pm_1Q0PsIJvEtkwdCNYMSaVuRz6")
+
+    assert details.fingerprint == "Xt5EWLLDS7FJjR1c"
+    assert details.country == "US"
+    sent = route.calls.last.request
+    assert "expand[]" not in sent.url.params
+    assert "Idempotency-Key" not in sent.headers
+
+
+@respx.mock(base_url=API, assert_all_called=True)
+async def test_payment_method_details_of_a_missing_method(
+    respx_mock: respx.MockRouter, stripe: StripeProvider
+) -> None:
+    respx_mock.get("/v1/payment_methods/pm_nonsense").mock(
+        return_value=stripe_error(
+            404,
+            "invalid_request_error",
+            "No such PaymentMethod: 'pm_nonsense'",
+            code="resource_missing",
+            param="id",
+        )
+    )
+
+    with pytest.raises(UnknownPaymentMethod):
+        await stripe.payment_method_details("pm_nonsense")
