@@ -12,7 +12,9 @@ Signals, each with a challenge and a block limit in :class:`RiskPolicy`:
 
 * purchases per viewer, per card and per device within ``velocity_seconds``;
 * distinct cards per viewer and per device, and distinct viewers per card
-  and per device, within ``sharing_seconds``;
+  and per device, within ``sharing_seconds``, and with lower limits
+  (``*_viewers_recent``) within ``velocity_seconds``, where a burst of new
+  viewers on one card or device stands out from a family that shares it;
 * declines in a row per viewer, card and device (purchases that the issuer
   declined, after which no purchase succeeded);
 * the card's issuing country against the request's country.
@@ -111,6 +113,8 @@ class RiskPolicy:
     device_cards: Limit = Limit(4, 6)
     card_viewers: Limit = Limit(3, 5)
     device_viewers: Limit = Limit(4, 6)
+    card_viewers_recent: Limit = Limit(2, 4)
+    device_viewers_recent: Limit = Limit(3, 5)
     declines: Limit = Limit(2, 3)
     # The decision when the card's country differs from the request's.
     country_mismatch: str = CHALLENGE
@@ -312,11 +316,13 @@ def _limits(signals: dict[str, Any], policy: RiskPolicy) -> list[tuple[str, Limi
         limits += [
             ("card_purchases", policy.card_purchases),
             ("card_viewers", policy.card_viewers),
+            ("card_viewers_recent", policy.card_viewers_recent),
         ]
     if not signals["crowd"]:
         limits += [
             ("device_purchases", policy.device_purchases),
             ("device_viewers", policy.device_viewers),
+            ("device_viewers_recent", policy.device_viewers_recent),
             ("device_cards", policy.device_cards),
         ]
     return limits
@@ -348,6 +354,9 @@ async def _count_signals(
         "viewer_cards": await count(viewer & (table.at > shared), table.card_key),
         "device_purchases": await count(device & (table.at > recent)),
         "device_viewers": await count(device & (table.at > shared), table.viewer_id),
+        "device_viewers_recent": await count(
+            device & (table.at > recent), table.viewer_id
+        ),
         "device_cards": await count(device & (table.at > shared), table.card_key),
         "network_viewers": await count(
             (table.network_key == attempt.network_key) & (table.at > shared),
@@ -367,6 +376,9 @@ async def _count_signals(
         signals["card_purchases"] = await count(card & (table.at > recent))
         signals["card_viewers"] = await count(
             card & (table.at > shared), table.viewer_id
+        )
+        signals["card_viewers_recent"] = await count(
+            card & (table.at > recent), table.viewer_id
         )
         streaks.append(
             await _declines_in_a_row(
