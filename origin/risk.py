@@ -15,6 +15,8 @@ Signals, each with a challenge and a block limit in :class:`RiskPolicy`:
   and per device, within ``sharing_seconds``, and with lower limits
   (``*_viewers_recent``) within ``velocity_seconds``, where a burst of new
   viewers on one card or device stands out from a family that shares it;
+* other viewers of the card on other networks (``card_viewers_elsewhere``),
+  since a family shares a card at home while a sold or stolen card travels;
 * declines in a row per viewer, card and device (purchases that the issuer
   declined, after which no purchase succeeded);
 * the card's issuing country against the request's country.
@@ -114,7 +116,8 @@ class RiskPolicy:
     card_viewers: Limit = Limit(3, 5)
     device_viewers: Limit = Limit(4, 6)
     card_viewers_recent: Limit = Limit(2, 4)
-    device_viewers_recent: Limit = Limit(3, 5)
+    card_viewers_elsewhere: Limit = Limit(1, 3)
+    device_viewers_recent: Limit = Limit(2, 4)
     declines: Limit = Limit(2, 3)
     # The decision when the card's country differs from the request's.
     country_mismatch: str = CHALLENGE
@@ -317,6 +320,7 @@ def _limits(signals: dict[str, Any], policy: RiskPolicy) -> list[tuple[str, Limi
             ("card_purchases", policy.card_purchases),
             ("card_viewers", policy.card_viewers),
             ("card_viewers_recent", policy.card_viewers_recent),
+            ("card_viewers_elsewhere", policy.card_viewers_elsewhere),
         ]
     if not signals["crowd"]:
         limits += [
@@ -379,6 +383,13 @@ async def _count_signals(
         )
         signals["card_viewers_recent"] = await count(
             card & (table.at > recent), table.viewer_id
+        )
+        signals["card_viewers_elsewhere"] = await count(
+            card
+            & (table.at > shared)
+            & (table.viewer_id != attempt.viewer_id)
+            & (table.network_key != attempt.network_key),
+            table.viewer_id,
         )
         streaks.append(
             await _declines_in_a_row(
