@@ -63,6 +63,8 @@ class Simulation:
         self.clock = SimulatedClock()
         self.risk = RiskEngine(engine, policy, clock=self.clock)
         self.decisions: list[tuple[AttemptPlan, str]] = []
+        # Reasons that challenged or blocked good buyers, by code.
+        self.false_alarms: Counter[str] = Counter()
         self.surges = 0
         self._viewers: set[str] = set()
 
@@ -71,6 +73,8 @@ class Simulation:
             self.clock.now = plan.at
             assessment = await self.risk.assess(_attempt(plan, number))
             self.decisions.append((plan, assessment.decision))
+            if not plan.abusive:
+                self.false_alarms.update(reason.code for reason in assessment.reasons)
             self.surges += bool(plan.in_spike and assessment.signals["surge"])
             if assessment.decision != BLOCK:
                 purchase_id = f"pur_sim_{number}"
@@ -168,7 +172,9 @@ async def simulate(
         await simulation.run(plans)
     finally:
         await engine.dispose()
-    return score(simulation.decisions, simulation.surges)
+    report = score(simulation.decisions, simulation.surges)
+    report["good_buyer_reasons"] = dict(simulation.false_alarms.most_common())
+    return report
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

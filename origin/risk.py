@@ -26,7 +26,7 @@ by itself: the device signals count only when the device holds at least
 ``crowd_device_share`` of the viewers seen on its network, so a device farm
 on its own network is caught while one popular phone model among many
 devices on a campus is not. A farm that spreads its viewers evenly over
-three or more device profiles on one network passes the device signals, and
+two or more device profiles on one network passes the device signals, and
 is left to the viewer and card signals. A surge of purchases across all viewers is
 detected and recorded, never a reason, so the per-viewer, per-card and
 per-device signals stay decisive during a premiere.
@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from origin import purchase_records as records
@@ -123,7 +123,7 @@ class RiskPolicy:
     country_mismatch: str = CHALLENGE
     # This many challenging signals together block; 0 never escalates.
     challenges_to_block: int = 2
-    crowd_device_share: float = 0.5
+    crowd_device_share: float = 0.6
     # A surge: at least surge_factor times the usual rate of purchases, and
     # at least surge_min_purchases, within surge_seconds.
     surge_seconds: float = 300.0
@@ -342,64 +342,69 @@ def _country_mismatch(attempt: Attempt) -> str | None:
 async def _count_signals(
     connection: AsyncConnection, attempt: Attempt, policy: RiskPolicy, now: float
 ) -> dict[str, Any]:
-    recent = now - policy.velocity_seconds
-    shared = now - policy.sharing_seconds
     table = risk_assessments.c
+    recent = table.at > now - policy.velocity_seconds
+    shared = table.at > now - policy.sharing_seconds
+    elsewhere = (table.viewer_id != attempt.viewer_id) & (
+        table.network_key != attempt.network_key
+    )
 
-    async def count(where: ColumnElement[bool], what: Any = None) -> int:
-        target = func.count() if what is None else func.count(what.distinct())
-        query = select(target).select_from(risk_assessments).where(where)
-        return int((await connection.execute(query)).scalar_one())
+    async def counts(where: ColumnElement[bool], **columns: Any) -> dict[str, int]:
+        labeled = [column.label(name) for name, column in columns.items()]
+        query = select(*labeled).where(where, shared)
+        row = (await connection.execute(query)).one()
+        return {name: int(row[index]) for index, name in enumerate(columns)}
 
-    viewer = table.viewer_id == attempt.viewer_id
+    signals: dict[str, Any] = await counts(
+        table.viewer_id == attempt.viewer_id,
+        viewer_purchases=_rows(recent),
+        viewer_cards=_distinct(table.card_key),
+    )
     device = table.device_key == attempt.device_key
-    signals: dict[str, Any] = {
-        "viewer_purchases": await count(viewer & (table.at > recent)),
-        "viewer_cards": await count(viewer & (table.at > shared), table.card_key),
-        "device_purchases": await count(device & (table.at > recent)),
-        "device_viewers": await count(device & (table.at > shared), table.viewer_id),
-        "device_viewers_recent": await count(
-            device & (table.at > recent), table.viewer_id
-        ),
-        "device_cards": await count(device & (table.at > shared), table.card_key),
-        "network_viewers": await count(
-            (table.network_key == attempt.network_key) & (table.at > shared),
-            table.viewer_id,
-        ),
-    }
-    streaks = [
-        await _declines_in_a_row(
-            connection, table.viewer_id, attempt.viewer_id, shared
-        ),
-        await _declines_in_a_row(
-            connection, table.device_key, attempt.device_key, shared
-        ),
+    signals |= await counts(
+        device,
+        device_purchases=_rows(recent),
+        device_viewers=_distinct(table.viewer_id),
+        device_viewers_recent=_distinct(table.viewer_id, recent),
+        device_cards=_distinct(table.card_key),
+    )
+    network = table.network_key == attempt.network_key
+    signals |= await counts(network, network_viewers=_distinct(table.viewer_id))
+    keys = [
+        (table.viewer_id, attempt.viewer_id),
+        (table.device_key, attempt.device_key),
     ]
     if attempt.card_key is not None:
-        card = table.card_key == attempt.card_key
-        signals["card_purchases"] = await count(card & (table.at > recent))
-        signals["card_viewers"] = await count(
-            card & (table.at > shared), table.viewer_id
+        signals |= await counts(
+            table.card_key == attempt.card_key,
+            card_purchases=_rows(recent),
+            card_viewers=_distinct(table.viewer_id),
+            card_viewers_recent=_distinct(table.viewer_id, recent),
+            card_viewers_elsewhere=_distinct(table.viewer_id, elsewhere),
         )
-        signals["card_viewers_recent"] = await count(
-            card & (table.at > recent), table.viewer_id
-        )
-        signals["card_viewers_elsewhere"] = await count(
-            card
-            & (table.at > shared)
-            & (table.viewer_id != attempt.viewer_id)
-            & (table.network_key != attempt.network_key),
-            table.viewer_id,
-        )
-        streaks.append(
-            await _declines_in_a_row(
-                connection, table.card_key, attempt.card_key, shared
-            )
-        )
-    signals["declines_in_a_row"] = max(streaks)
+        keys.append((table.card_key, attempt.card_key))
+    since = now - policy.sharing_seconds
+    signals["declines_in_a_row"] = max(
+        [
+            await _declines_in_a_row(connection, column, value, since)
+            for column, value in keys
+        ]
+    )
     signals["crowd"] = _in_crowd(signals, policy)
     signals["surge"] = await _surge(connection, policy, now)
     return signals
+
+
+def _rows(condition: ColumnElement[bool]) -> Any:
+    return func.count(case((condition, 1)))
+
+
+def _distinct(column: Any, condition: ColumnElement[bool] | None = None) -> Any:
+    if condition is not None:
+        column = case((condition, column))
+    # COUNT skips the NULLs that rows outside the condition, and cards that
+    # the provider gave no fingerprint for, turn into.
+    return func.count(column.distinct())
 
 
 def _in_crowd(signals: dict[str, Any], policy: RiskPolicy) -> bool:
@@ -410,19 +415,16 @@ def _in_crowd(signals: dict[str, Any], policy: RiskPolicy) -> bool:
 
 async def _surge(connection: AsyncConnection, policy: RiskPolicy, now: float) -> bool:
     """Whether purchases arrive at several times their rate of the past day."""
+    table = risk_assessments.c
     start = now - policy.surge_seconds
-    recent = select(func.count()).where(risk_assessments.c.at > start)
-    before = select(func.count()).where(
-        risk_assessments.c.at > now - policy.sharing_seconds,
-        risk_assessments.c.at <= start,
+    query = select(_rows(table.at > start), _rows(table.at <= start)).where(
+        table.at > now - policy.sharing_seconds
     )
-    recent_count = int((await connection.execute(recent)).scalar_one())
-    before_count = int((await connection.execute(before)).scalar_one())
+    recent, before = (await connection.execute(query)).one()
     periods = (policy.sharing_seconds - policy.surge_seconds) / policy.surge_seconds
-    usual = max(before_count / periods, 1.0)
-    return (
-        recent_count >= policy.surge_min_purchases
-        and recent_count >= policy.surge_factor * usual
+    usual = max(before / periods, 1.0)
+    return bool(
+        recent >= policy.surge_min_purchases and recent >= policy.surge_factor * usual
     )
 
 
