@@ -6,13 +6,14 @@
 What is driven: the risk engine alone (``origin.risk.RiskEngine``) on its
 real store, SQLite in a temporary file unless ``--database-url`` names
 another, such as ``postgresql+asyncpg://postgres@127.0.0.1:5432/NAME``. The
-HTTP handler, the payment provider and the saga are left out so that days of
-simulated traffic run in seconds: each attempt is assessed at its simulated
-time, and an allowed one is written to the purchases table as ``granted``,
-or ``declined`` when the synthetic card is invalid, as the saga would end
-it. A challenged purchase is written as ``declined`` with 3-D Secure
-requested, which is where the saga ends it today; abusers are assumed to
-fail the authentication and good buyers to pass it.
+HTTP handler, the payment provider and the saga are left out, so that days
+of simulated traffic run in minutes. Each attempt is assessed at its
+simulated time. An allowed one is written to the purchases table as
+``granted``, or as ``declined`` when the synthetic card is invalid, which is
+how the saga would end it. A challenged purchase is written as
+``declined`` with 3-D Secure requested, which is where the saga ends it
+today. Abusers are assumed to fail the authentication, and good buyers to
+pass it.
 
 Rates, as fractions from 0 to 1:
 

@@ -2,9 +2,9 @@
 
 Every buyer is a list of purchase attempts with a time, a viewer, a card, a
 device profile, a network and a country. Good buyers live on home networks
-or behind a few carrier NATs, pick their browser from a skewed list of
-popular profiles, sometimes share a card within a family, travel, binge a
-series, or have a card declined and pay with another. A premiere brings a
+or behind a few carrier NATs, and pick their browser from a skewed list of
+popular profiles. Some share a card within a family, some travel, some
+binge a series, and some have a card declined and pay with another. A premiere brings a
 burst of good buyers within minutes, half of them from a few venue networks.
 
 Abusers:

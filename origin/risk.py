@@ -1,7 +1,7 @@
 """The risk engine: allow, challenge or block a purchase before it is charged.
 
-Every purchase request is scored from what the origin sees, without keeping
-personal data: the viewer, the provider's card fingerprint and the card's
+Every purchase request is scored from data that reaches the origin anyway,
+and no personal data is kept: the viewer, the provider's card fingerprint and the card's
 country, a device fingerprint and the client's network (both keyed hashes
 of request headers, see :mod:`origin.risk_signals`) and the request's
 country. Each assessment is a row of ``risk_assessments``, and those rows
@@ -170,7 +170,7 @@ def _parse(name: str, text: str, default: object) -> object:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One purchase request as the engine sees it: ids and keyed hashes only."""
+    """One purchase request as the engine receives it: ids and keyed hashes only."""
 
     viewer_id: str
     content_id: str
@@ -408,13 +408,13 @@ def _distinct(column: Any, condition: ColumnElement[bool] | None = None) -> Any:
 
 
 def _in_crowd(signals: dict[str, Any], policy: RiskPolicy) -> bool:
-    """Whether the device is one of many on a shared network, such as a campus."""
+    """Return True when the device is one of many on a network, as on a campus."""
     share = signals["device_viewers"] / max(signals["network_viewers"], 1)
     return bool(share < policy.crowd_device_share)
 
 
 async def _surge(connection: AsyncConnection, policy: RiskPolicy, now: float) -> bool:
-    """Whether purchases arrive at several times their rate of the past day."""
+    """Return True when purchases arrive at several times their usual rate."""
     table = risk_assessments.c
     start = now - policy.surge_seconds
     query = select(_rows(table.at > start), _rows(table.at <= start)).where(
@@ -434,8 +434,8 @@ async def _declines_in_a_row(
     """Count the most recent declined purchases, back to the last success.
 
     Purchases that asked for 3-D Secure are skipped, because their outcome
-    depends on the viewer finishing authentication; running and failed ones
-    are skipped too, and blocked requests have no purchase.
+    depends on the viewer finishing authentication. Running and failed
+    purchases are skipped too. Blocked requests have no purchase to count.
     """
     joined = risk_assessments.join(
         purchases, risk_assessments.c.purchase_id == purchases.c.purchase_id
