@@ -24,7 +24,7 @@ from starlette.requests import Request
 from origin.providers import (
     InvalidPaymentRequest,
     PaymentProvider,
-    ProviderUnavailable,
+    PaymentProviderError,
 )
 from origin.risk import Attempt
 from shared import problems
@@ -63,11 +63,16 @@ class RequestContext:
         return hmac.new(self.fingerprint_key, message, hashlib.sha256).hexdigest()
 
     def network(self, request: Request) -> str:
-        """Return the client's network prefix, or ``unknown``."""
+        """Return the client's network prefix, or ``unknown``.
+
+        Without the configured header, the request did not come through the
+        proxy, so the connection's peer is the client.
+        """
+        address = ""
         if self.client_ip_header:
             address = request.headers.get(self.client_ip_header, "")
-        else:
-            address = request.client.host if request.client else ""
+        if not address and request.client:
+            address = request.client.host
         return network_prefix(address.split(",")[0].strip())
 
     def country(self, request: Request) -> str | None:
@@ -100,9 +105,9 @@ async def build_attempt(
 ) -> Attempt:
     """Collect the signals of one purchase request.
 
-    Raise a problem if the provider does not know the payment method. When
-    the provider cannot be reached, the card signals are left out and the
-    purchase is assessed on the others.
+    Raise a problem if the provider rejects the payment method. When the
+    provider cannot be reached or fails otherwise, the card signals are left
+    out and the purchase is assessed on the others.
     """
     network = context.network(request)
     profile = "\x00".join(request.headers.get(name, "") for name in DEVICE_HEADERS)
@@ -111,8 +116,14 @@ async def build_attempt(
         details = await provider.payment_method_details(payment_method)
     except InvalidPaymentRequest as exc:
         raise Problem(problems.UNPROCESSABLE, str(exc)) from None
-    except ProviderUnavailable as exc:
-        logger.warning("card details unavailable for risk checks: %s", exc)
+    except PaymentProviderError as exc:
+        # Unavailable or an unexpected error: the saga's own calls will
+        # meet the same provider, so the purchase is not refused here.
+        logger.warning(
+            "card details of viewer %s unavailable for risk checks: %s",
+            viewer_id,
+            exc,
+        )
     else:
         if details.fingerprint:
             card = f"{provider.name}:{details.fingerprint}"

@@ -310,3 +310,20 @@ async def test_risk_admin_needs_the_risk_scope(
             assert response.json()["type"] == PROBLEM_PREFIX + "invalid-request"
         missing = await client.get("/v1/admin/risk/assessments/risk_x", headers=ADMIN)
         assert missing.status_code == 404
+
+
+async def test_purchase_goes_on_without_card_details(
+    origin: RunningOrigin, sandbox: RecordingSandbox
+) -> None:
+    sandbox.faults.add("payment_method", "error", times=None)
+    viewer = await new_viewer(origin.client)
+
+    response = await attempt(origin, viewer, "pm_card_us", country="DE")
+
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "granted"
+    [assessment] = await assessments(origin, purchase_id=response.json()["purchase_id"])
+    # Without the card, neither its country nor its fingerprint counts.
+    assert assessment["card_country"] is None
+    assert assessment["decision"] == "allow"
+    assert "card_viewers" not in assessment["signals"]
