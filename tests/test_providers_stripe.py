@@ -39,6 +39,7 @@ from origin.providers.base import (
     REQUIRES_CAPTURE,
     SUCCEEDED,
 )
+from origin.risk import RiskPolicy
 from tests.saga_harness import (
     FAST_CALLS,
     FakeClock,
@@ -52,6 +53,7 @@ from tests.saga_harness import (
 API = "https://api.stripe.com"
 KEY = "sk_test_segmentgate"
 CAPTURE_BEFORE = 1_800_604_800
+THREE_D_SECURE_OPTION = "payment_method_options[card][request_three_d_secure]"
 
 
 def payment_intent(
@@ -393,6 +395,9 @@ class FakeStripe:
         self.ids = itertools.count(1)
         self.captures = 0
         self.refunds = 0
+        # Intents created with request_three_d_secure=any, and the statuses
+        # that their confirmation returned.
+        self.three_d_secure: dict[str, str | None] = {}
 
     def install(self, mock: respx.MockRouter) -> None:
         mock.post("/v1/payment_intents").mock(side_effect=self.create)
@@ -424,6 +429,9 @@ class FakeStripe:
         def create() -> httpx.Response:
             intent_id = f"pi_fake{next(self.ids)}"
             self.intents[intent_id] = payment_intent(intent_id)
+            options = form(request).get(THREE_D_SECURE_OPTION)
+            if options == ["any"]:
+                self.three_d_secure[intent_id] = None
             return httpx.Response(200, json=self.intents[intent_id])
 
         return self.idempotent(request, create)
@@ -431,7 +439,11 @@ class FakeStripe:
     def act(self, request: httpx.Request, id: str, verb: str) -> httpx.Response:
         def act() -> httpx.Response:
             status = self.intents[id]["status"]
-            if verb == "confirm" and status == "requires_confirmation":
+            if verb == "confirm" and id in self.three_d_secure:
+                # The issuer runs 3-D Secure, which needs the card holder.
+                self.intents[id] = payment_intent(id, REQUIRES_ACTION)
+                self.three_d_secure[id] = REQUIRES_ACTION
+            elif verb == "confirm" and status == "requires_confirmation":
                 self.intents[id] = payment_intent(id, REQUIRES_CAPTURE)
             elif verb == "capture" and status == REQUIRES_CAPTURE:
                 self.captures += 1
@@ -556,3 +568,28 @@ async def test_payment_method_details_of_a_missing_method(
 
     with pytest.raises(UnknownPaymentMethod):
         await stripe.payment_method_details("pm_nonsense")
+
+
+async def test_risk_challenge_reaches_stripe(tmp_path: Path) -> None:
+    fake = FakeStripe()
+    with respx.mock(base_url=API, assert_all_called=False) as mock:
+        fake.install(mock)
+        url = f"sqlite+aiosqlite:///{tmp_path / 'origin.db'}"
+        async with running_origin(
+            url, StripeProvider(KEY), FakeClock(), risk=RiskPolicy()
+        ) as origin:
+            await publish(origin.client)
+            viewer = await new_viewer(origin.client)
+            # The card is issued in the US; the request comes from Germany.
+            bought = await origin.client.post(
+                "/v1/purchases",
+                json={"content_id": "film", "payment_method": "pm_card_visa"},
+                headers={
+                    **viewer,
+                    "Idempotency-Key": str(uuid.uuid4()),
+                    "CF-IPCountry": "DE",
+                },
+            )
+    assert bought.status_code == 201, bought.text
+    assert list(fake.three_d_secure.values()) == [REQUIRES_ACTION]
+    assert fake.captures == 0
