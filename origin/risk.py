@@ -34,6 +34,9 @@ per-device signals stay decisive during a premiere.
 NOTE: two replicas that assess at the same instant on PostgreSQL may each
 miss the other's uncommitted row, so a burst can pass a limit by the number
 of concurrent requests.
+
+NOTE: assessments are never deleted, and the surge check counts a day of
+rows on every assessment; a busy store needs a retention job.
 """
 
 from __future__ import annotations

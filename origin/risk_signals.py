@@ -1,7 +1,7 @@
 """What the risk engine learns from a purchase request, as keyed hashes.
 
 The device fingerprint is an HMAC of the user agent, the client hints and
-Accept-Language together with the client's network; the network is an HMAC
+Accept-Language together with the client's network. The network is an HMAC
 of the client address's /24 (IPv4) or /64 (IPv6) prefix. The raw headers and
 addresses are never stored. The key comes from the origin's master key, so
 every replica computes the same fingerprints.
@@ -52,7 +52,7 @@ def derive_fingerprint_key(master_key: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class RequestContext:
-    """Where the risk engine finds the client's address and country."""
+    """The fingerprint key, and the headers of the client's address and country."""
 
     fingerprint_key: bytes
     client_ip_header: str = ""

@@ -127,7 +127,7 @@ def assert_blocked(response: httpx.Response) -> str:
     return str(body["assessment_id"])
 
 
-async def test_good_purchase_is_allowed_and_recorded(origin: RunningOrigin) -> None:
+async def test_good_purchase_allowed_and_recorded(origin: RunningOrigin) -> None:
     viewer = await new_viewer(origin.client)
     response = await attempt(origin, viewer, "pm_card_us", country="US")
     assert response.status_code == 201, response.text
@@ -142,7 +142,7 @@ async def test_good_purchase_is_allowed_and_recorded(origin: RunningOrigin) -> N
     assert assessment["request_country"] == "US"
 
 
-async def test_card_testing_is_blocked_without_a_charge(
+async def test_card_testing_blocked_without_charge(
     origin: RunningOrigin, sandbox: RecordingSandbox
 ) -> None:
     tester = await new_viewer(origin.client)
@@ -188,7 +188,7 @@ async def test_blocked_request_replays_its_problem(origin: RunningOrigin) -> Non
     assert again.json()["assessment_id"] == first.json()["assessment_id"]
 
 
-async def test_card_shared_by_viewers_is_challenged_then_blocked(
+async def test_shared_card_challenged_then_blocked(
     origin: RunningOrigin,
 ) -> None:
     responses = []
@@ -237,7 +237,7 @@ async def test_challenge_asks_the_issuer_for_3ds(
     ]
 
 
-async def test_premiere_crowd_on_one_network_is_allowed(
+async def test_premiere_crowd_is_allowed(
     origin: RunningOrigin, sandbox: RecordingSandbox
 ) -> None:
     cards = sorted(COUNTRY_CARDS)[:30]
@@ -255,7 +255,7 @@ async def test_premiere_crowd_on_one_network_is_allowed(
     assert all(intent.status == "requires_capture" for intent in sandbox.confirmed)
 
 
-async def test_device_farm_on_one_network_is_blocked(origin: RunningOrigin) -> None:
+async def test_device_farm_is_blocked(origin: RunningOrigin) -> None:
     codes = []
     for card in sorted(COUNTRY_CARDS)[:8]:
         viewer = await new_viewer(origin.client)
@@ -312,7 +312,7 @@ async def test_risk_admin_needs_the_risk_scope(
         assert missing.status_code == 404
 
 
-async def test_purchase_goes_on_without_card_details(
+async def test_purchase_without_card_details(
     origin: RunningOrigin, sandbox: RecordingSandbox
 ) -> None:
     sandbox.faults.add("payment_method", "error", times=None)

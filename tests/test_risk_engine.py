@@ -131,8 +131,8 @@ async def test_replicas_share_their_windows(database_url: str) -> None:
         for engine in engines:
             await engine.dispose()
 
-    # The second viewer of the card is challenged; by the third, the card
-    # is shared by three viewers within the hour and the day: a block.
+    # The second viewer of the card is challenged. The third makes three
+    # viewers within the hour and within the day, two challenges: a block.
     assert decisions == [ALLOW, CHALLENGE, BLOCK, BLOCK]
 
 
@@ -148,7 +148,7 @@ async def test_windows_expire(store: AsyncEngine) -> None:
     assert later.decision == ALLOW
 
 
-async def test_declines_in_a_row_skip_challenged_purchases(store: AsyncEngine) -> None:
+async def test_declines_skip_challenged_purchases(store: AsyncEngine) -> None:
     clock = FakeClock()
     # Only the declines count here: one viewer on one device trying cards.
     policy = RiskPolicy(viewer_cards=Limit(0, 0), device_cards=Limit(0, 0))
