@@ -144,6 +144,7 @@ async def create_purchase(request: Request) -> Response:
         if entitlement.granted:
             raise Problem(problems.CONFLICT, f"the viewer already owns '{content_id}'")
         assessment = await _assess(request, origin, viewer, content_id, payment_method)
+        challenged = assessment is not None and assessment.challenges
         try:
             purchase_id, _ = await origin.saga.start(
                 PurchaseRequest(
@@ -153,8 +154,7 @@ async def create_purchase(request: Request) -> Response:
                     currency=item.price_currency,
                     payment_method=payment_method,
                     idempotency_key=key,
-                    request_three_d_secure=assessment is not None
-                    and assessment.challenges,
+                    request_three_d_secure=challenged,
                 )
             )
         except PurchaseConflict as exc:
