@@ -293,11 +293,12 @@ def judge(
     attempt: Attempt, signals: dict[str, Any], policy: RiskPolicy
 ) -> tuple[str, list[Reason]]:
     """Turn counted signals into a decision and the reasons for it."""
-    reasons = [
-        Reason(code, decision, signals[code], limit.threshold(decision))
-        for code, limit in _limits(signals, policy)
-        if (decision := limit.decide(signals[code])) != ALLOW
-    ]
+    reasons = []
+    for code, limit in _limits(signals, policy):
+        observed = signals[code]
+        level = limit.decide(observed)
+        if level != ALLOW:
+            reasons.append(Reason(code, level, observed, limit.threshold(level)))
     mismatch = _country_mismatch(attempt)
     if mismatch and policy.country_mismatch != ALLOW:
         reasons.append(Reason("country_mismatch", policy.country_mismatch, mismatch))
