@@ -89,6 +89,14 @@ class Limit:
     challenge: int
     block: int
 
+    def __post_init__(self) -> None:
+        if self.challenge < 0 or self.block < 0:
+            raise ValueError(f"limits must not be negative, not {self}")
+        if self.challenge and self.block and self.block < self.challenge:
+            raise ValueError(
+                f"the block limit must not be below the challenge one: {self}"
+            )
+
     def decide(self, observed: int) -> str:
         if self.block and observed >= self.block:
             return BLOCK
@@ -141,8 +149,14 @@ class RiskPolicy:
                 f"country_mismatch must be one of {', '.join(DECISIONS)}, "
                 f"not {self.country_mismatch!r}"
             )
+        if not 0 < self.velocity_seconds <= self.sharing_seconds:
+            raise ValueError(
+                "velocity_seconds must be positive and within sharing_seconds"
+            )
         if self.sharing_seconds <= self.surge_seconds:
             raise ValueError("sharing_seconds must exceed surge_seconds")
+        if not 0 <= self.crowd_device_share <= 1:
+            raise ValueError("crowd_device_share must be a fraction from 0 to 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RiskPolicy:
@@ -157,18 +171,18 @@ class RiskPolicy:
 
 
 def _parse(name: str, text: str, default: object) -> object:
-    try:
-        if isinstance(default, Limit):
+    if isinstance(default, Limit):
+        try:
             challenge, block = (int(part) for part in text.split(","))
-            return Limit(challenge, block)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, int):
-            return int(text)
+        except ValueError:
+            raise ValueError(f"{name} must be challenge,block, not {text!r}") from None
+        return Limit(challenge, block)
+    if not isinstance(default, int | float):
+        return text
+    try:
+        return type(default)(text)
     except ValueError:
-        expected = "challenge,block" if isinstance(default, Limit) else "a number"
-        raise ValueError(f"{name} must be {expected}, not {text!r}") from None
-    return text
+        raise ValueError(f"{name} must be a number, not {text!r}") from None
 
 
 @dataclass(frozen=True)

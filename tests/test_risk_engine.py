@@ -278,6 +278,10 @@ def test_policy_from_environment() -> None:
         ("SEGMENTGATE_RISK_CARD_VIEWERS", "4", "must be challenge,block"),
         ("SEGMENTGATE_RISK_SURGE_FACTOR", "many", "must be a number"),
         ("SEGMENTGATE_RISK_COUNTRY_MISMATCH", "maybe", "country_mismatch must be"),
+        ("SEGMENTGATE_RISK_DECLINES", "3,2", "must not be below the challenge"),
+        ("SEGMENTGATE_RISK_DECLINES", "-1,2", "must not be negative"),
+        ("SEGMENTGATE_RISK_CROWD_DEVICE_SHARE", "1.5", "fraction from 0 to 1"),
+        ("SEGMENTGATE_RISK_VELOCITY_SECONDS", "0", "must be positive"),
     ],
 )
 def test_policy_rejects_bad_settings(name: str, value: str, message: str) -> None:
