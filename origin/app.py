@@ -25,6 +25,7 @@ from origin import (
     outbox_admin,
     playback,
     purchases,
+    risk_admin,
     sandbox,
     sandbox_issuer,
     storefront,
@@ -42,6 +43,8 @@ from origin.providers import (
     StripeProvider,
 )
 from origin.recovery import RecoveryLoop
+from origin.risk import RiskEngine
+from origin.risk_signals import RequestContext, derive_fingerprint_key
 from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings, resolve_master_key
 from origin.state import Origin
@@ -88,10 +91,11 @@ def create_app(
     ``settings.provider_calls``.
     """
     engine = create_engine(settings.database_url)
+    master_key = resolve_master_key(settings)
     keys = KeyRing(
         engine,
         settings.signing_algorithm,
-        master_key=resolve_master_key(settings),
+        master_key=master_key,
         publish_seconds=settings.key_publish_seconds,
         token_lifetime=settings.playback_token_ttl,
     )
@@ -116,6 +120,12 @@ def create_app(
     state.admin_tokens = parse_admin_tokens(settings.admin_token, settings.admin_tokens)
     if isinstance(inner, SandboxProvider):
         state.sandbox = inner
+    state.risk = RiskEngine(engine, settings.risk, clock=clock)
+    state.risk_context = RequestContext(
+        derive_fingerprint_key(master_key),
+        client_ip_header=settings.risk_client_ip_header,
+        country_header=settings.risk_country_header,
+    )
     keys.on_event = relay.notify
 
     async def tick_keys() -> None:
@@ -161,6 +171,7 @@ def create_app(
         *webhooks.routes,
         *dlq.routes,
         *outbox_admin.routes,
+        *risk_admin.routes,
         *metrics.routes,
         *api_docs.routes,
         *sandbox.routes,

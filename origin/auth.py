@@ -43,7 +43,7 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-ADMIN_SCOPES = ("catalog", "keys", "events")
+ADMIN_SCOPES = ("catalog", "keys", "events", "risk")
 
 
 def parse_admin_tokens(root_token: str, scoped: str) -> dict[str, frozenset[str]]:

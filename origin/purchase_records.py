@@ -109,11 +109,13 @@ class Purchase:
     lease_expires_at: float | None
     attempts: int
     next_attempt_at: float | None
+    request_three_d_secure: bool
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Purchase:
         values = {name: getattr(row, name) for name in cls.__dataclass_fields__}
         values["attempts"] = int(values["attempts"] or 0)
+        values["request_three_d_secure"] = bool(values["request_three_d_secure"])
         return cls(**values)
 
     def leased(self, now: float) -> bool:

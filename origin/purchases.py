@@ -21,6 +21,8 @@ from origin.idempotency import (
     run_idempotent,
 )
 from origin.providers import InvalidPaymentRequest
+from origin.risk import Assessment
+from origin.risk_signals import build_attempt
 from origin.saga import PurchaseConflict, PurchaseRequest
 from origin.state import Origin
 from origin.validation import read_body, read_object, string_field
@@ -106,6 +108,37 @@ def _is_final(response: Response) -> bool:
     return response.status_code != 202
 
 
+async def _assess(
+    request: Request,
+    origin: Origin,
+    viewer: Viewer,
+    content_id: str,
+    payment_method: str,
+) -> Assessment | None:
+    """Run the risk checks; raise a problem if they block the purchase."""
+    if not origin.risk.enabled:
+        return None
+    attempt = await build_attempt(
+        request,
+        origin.risk_context,
+        origin.provider,
+        viewer.viewer_id,
+        content_id,
+        payment_method,
+    )
+    assessment = await origin.risk.assess(attempt)
+    if assessment.blocks:
+        # The reasons stay with admins: telling them to the client would
+        # show an attacker which limit to stay under.
+        raise Problem(
+            problems.PURCHASE_BLOCKED,
+            "the purchase was blocked and nothing was charged; "
+            "quote the assessment id to support",
+            assessment_id=assessment.assessment_id,
+        )
+    return assessment
+
+
 async def create_purchase(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     viewer = await require_viewer(request, origin.engine)
@@ -126,6 +159,8 @@ async def create_purchase(request: Request) -> Response:
             )
         if entitlement.granted:
             raise Problem(problems.CONFLICT, f"the viewer already owns '{content_id}'")
+        assessment = await _assess(request, origin, viewer, content_id, payment_method)
+        challenged = assessment is not None and assessment.challenges
         try:
             purchase_id, _ = await origin.saga.start(
                 PurchaseRequest(
@@ -135,12 +170,15 @@ async def create_purchase(request: Request) -> Response:
                     currency=item.price_currency,
                     payment_method=payment_method,
                     idempotency_key=key,
+                    request_three_d_secure=challenged,
                 )
             )
         except PurchaseConflict as exc:
             raise Problem(problems.CONFLICT, str(exc)) from None
         except InvalidPaymentRequest as exc:
             raise Problem(problems.UNPROCESSABLE, str(exc)) from None
+        if assessment is not None:
+            await origin.risk.attach_purchase(assessment.assessment_id, purchase_id)
         purchase = await _owned_purchase(origin, viewer, purchase_id)
         return _purchase_response(purchase, 201)
 

@@ -90,6 +90,8 @@ class PurchaseRequest:
     currency: str
     payment_method: str
     idempotency_key: str
+    # Set when the risk engine challenges the purchase.
+    request_three_d_secure: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class PurchaseSaga:
                         provider=self._provider.name,
                         status=records.PENDING,
                         idempotency_key=request.idempotency_key,
+                        request_three_d_secure=request.request_three_d_secure,
                         lease_owner=owner,
                         lease_expires_at=now + self._policy.lease_seconds,
                         attempts=0,
@@ -405,6 +408,7 @@ class PurchaseSaga:
             payment_method=purchase.payment_method,
             purchase_id=purchase.purchase_id,
             description=f"segmentgate: {purchase.content_id}",
+            request_three_d_secure=purchase.request_three_d_secure,
         )
         # No intent id is known yet, so nothing can be read back: an
         # unanswered creation is repeated with its own key, which makes the

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from cryptography.fernet import Fernet
 
 from origin.providers.resilience import CallPolicy
+from origin.risk import RiskPolicy
 from origin.saga import SagaPolicy
 from shared.tokens import MAX_TOKEN_LIFETIME, SESSION_RENEWAL
 
@@ -45,7 +46,7 @@ class OriginSettings:
     key_publish_seconds: float = 60.0
     key_tick_interval: float = 1.0
     # Scoped admin tokens, "scope:token" pairs separated by commas; scopes
-    # are catalog, keys and events. admin_token has every scope.
+    # are catalog, keys, events and risk. admin_token has every scope.
     admin_tokens: str = ""
     playback_token_ttl: int = 30 * 60
     # Events must outlive every token that an edge may still honour: the
@@ -88,6 +89,14 @@ class OriginSettings:
     webhook_retry_interval: float = 5.0
     saga: SagaPolicy = field(default_factory=SagaPolicy)
     provider_calls: CallPolicy = field(default_factory=CallPolicy)
+    # The risk engine's mode and thresholds (see origin.risk).
+    risk: RiskPolicy = field(default_factory=RiskPolicy)
+    # Headers that a trusted proxy in front of the origin sets: the client's
+    # address (empty: the connection's peer) and its country as ISO 3166-1
+    # alpha-2 (empty: no country checks). Clients can forge them when no
+    # proxy overwrites them.
+    risk_client_ip_header: str = ""
+    risk_country_header: str = "CF-IPCountry"
 
     def __post_init__(self) -> None:
         if not self.admin_token:
@@ -149,6 +158,11 @@ class OriginSettings:
                 env, "SEGMENTGATE_RECOVERY_INTERVAL", cls.recovery_interval
             ),
             saga=saga,
+            risk=RiskPolicy.from_env(env),
+            risk_client_ip_header=env.get("SEGMENTGATE_RISK_CLIENT_IP_HEADER", ""),
+            risk_country_header=env.get(
+                "SEGMENTGATE_RISK_COUNTRY_HEADER", cls.risk_country_header
+            ),
             webhook_secrets=env.get("SEGMENTGATE_WEBHOOK_SECRETS", ""),
             relay_fault=env.get("SEGMENTGATE_RELAY_FAULT", ""),
             nats_url=env.get("SEGMENTGATE_NATS_URL", ""),

@@ -11,6 +11,8 @@ from origin.keyring import KeyRing
 from origin.outbox import OutboxRelay
 from origin.providers import PaymentProvider, SandboxProvider
 from origin.recovery import RecoveryLoop
+from origin.risk import RiskEngine
+from origin.risk_signals import RequestContext
 from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings
 
@@ -31,3 +33,6 @@ class Origin:
     # The sandbox provider behind ``provider``, whose issuer pages the origin
     # serves; None with any other provider.
     sandbox: SandboxProvider | None = None
+    # Set by create_app, once the master key is known.
+    risk: RiskEngine = field(init=False)
+    risk_context: RequestContext = field(init=False)

@@ -121,6 +121,9 @@ purchases = Table(
     # Failed tries of the current step, and when the next one is due.
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", Float),
+    # The risk engine challenged the purchase: its payment intent asks the
+    # issuer for 3-D Secure. NULL in rows older than the column means no.
+    Column("request_three_d_secure", Boolean),
 )
 Index(
     "uq_purchases_request",
@@ -278,6 +281,37 @@ relay_parked = Table(
     Column("error", Text),
     Column("parked_at", Float, nullable=False),
 )
+
+
+# One row per purchase request that the risk engine assessed, blocked ones
+# included; the rows are also the windows that its velocity signals count.
+# No personal data is kept: card, device and network are keyed hashes.
+risk_assessments = Table(
+    "risk_assessments",
+    metadata,
+    Column("assessment_id", String(40), primary_key=True),
+    Column("at", Float, nullable=False),
+    # Set once the purchase exists; blocked requests never get one.
+    Column("purchase_id", String(64)),
+    Column("viewer_id", String(64), nullable=False),
+    Column("content_id", String(128), nullable=False),
+    Column("card_key", String(64)),
+    Column("card_country", String(2)),
+    Column("request_country", String(2)),
+    Column("device_key", String(64), nullable=False),
+    Column("network_key", String(64), nullable=False),
+    # allow, challenge or block; enforced is False in observe mode.
+    Column("decision", String(16), nullable=False),
+    Column("enforced", Boolean, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("signals", JSON, nullable=False),
+)
+Index("ix_risk_at", risk_assessments.c.at)
+Index("ix_risk_viewer", risk_assessments.c.viewer_id, risk_assessments.c.at)
+Index("ix_risk_card", risk_assessments.c.card_key, risk_assessments.c.at)
+Index("ix_risk_device", risk_assessments.c.device_key, risk_assessments.c.at)
+Index("ix_risk_network", risk_assessments.c.network_key, risk_assessments.c.at)
+Index("ix_risk_purchase", risk_assessments.c.purchase_id)
 
 
 def _configure_sqlite(dbapi_connection, connection_record) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,8 @@ from segmentgate.admin_cli import add_commands as add_admin_commands
 from segmentgate.admin_cli import run as run_admin_command
 from segmentgate.events_cli import add_commands as add_events_commands
 from segmentgate.events_cli import run as run_events_command
+from segmentgate.risk_cli import add_commands as add_risk_commands
+from segmentgate.risk_cli import run as run_risk_command
 from segmentgate.serving import start_server
 from segmentgate.stack import Stack
 
@@ -69,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_admin_commands(commands)
     add_events_commands(commands)
+    add_risk_commands(commands)
 
     reconcile = commands.add_parser(
         "reconcile",
@@ -214,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_admin_command(args)
     elif args.command in ("dlq", "outbox"):
         return run_events_command(args)
+    elif args.command == "risk":
+        return run_risk_command(args)
     elif args.command == "reconcile":
         from origin import OriginSettings
         from origin.reconcile import format_report, run_reconciliation

@@ -41,6 +41,9 @@ TOKEN_MISSING = ProblemType("token-missing", 401, "Playback token is missing")
 TOKEN_EXPIRED = ProblemType("token-expired", 401, "Playback token has expired")
 PREVIEW_ENDED = ProblemType("preview-ended", 402, "Preview ended")
 FORBIDDEN = ProblemType("forbidden", 403, "Not allowed")
+PURCHASE_BLOCKED = ProblemType(
+    "purchase-blocked", 403, "Purchase blocked by the risk checks"
+)
 TOKEN_INVALID = ProblemType("token-invalid", 403, "Playback token is invalid")
 WRONG_CONTENT = ProblemType("wrong-content", 403, "Playback token is for other content")
 NOT_FOUND = ProblemType("not-found", 404, "Not found")

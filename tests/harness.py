@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from edge import create_app as create_edge
+from origin.risk import RiskPolicy
 from segmentgate.serving import start_server, wait_until_healthy
 from segmentgate.stack import Stack
 
@@ -213,11 +214,16 @@ class MediaServer(ServedApp):
 @contextlib.contextmanager
 def running_stack(data_dir: Path, **options: Any) -> Iterator[RunningStack]:
     """Run an origin and an edge on free ports; ``options`` go to :class:`Stack`."""
+    # Tests buy with the same test card from one address again and again,
+    # which the risk engine would rightly block; it still assesses each one.
+    origin_options = {"risk": RiskPolicy(mode="observe")}
+    origin_options.update(options.pop("origin_options", {}))
     settings: dict[str, Any] = {
         "media_root": MEDIA_ROOT,
         "origin_port": free_port(),
         "edge_port": free_port(),
         "admin_token": "test-admin-token",
+        "origin_options": origin_options,
         **options,
     }
     stack = Stack(data_dir=data_dir, **settings)

@@ -23,6 +23,7 @@ from origin import OriginSettings, create_app
 from origin.invariants import check_invariants
 from origin.providers import CallPolicy, PaymentProvider, SandboxProvider
 from origin.providers.base import OPERATIONS, REQUIRES_CAPTURE
+from origin.risk import RiskPolicy
 from origin.saga import PurchaseSaga, SagaPolicy
 from origin.state import Origin
 from origin.store import purchase_steps, purchases
@@ -50,6 +51,10 @@ def gated_calls(*operations: str) -> CallPolicy:
     timeouts = {**FAST_CALLS.timeouts, **dict.fromkeys(operations, 30.0)}
     return dataclasses.replace(FAST_CALLS, timeouts=timeouts)
 
+
+# Saga tests buy with one test card from one address again and again, which
+# the risk engine would rightly block; it still assesses every purchase.
+OBSERVE_RISK = RiskPolicy(mode="observe")
 
 # Saga retries due at once once the clock moves; three tries before giving up.
 FAST_SAGA = SagaPolicy(
@@ -108,6 +113,7 @@ async def running_origin(
         "provider_calls": FAST_CALLS,
         "saga": FAST_SAGA,
         "recovery_interval": 0.0,
+        "risk": OBSERVE_RISK,
         **settings,
     }
     app = create_app(

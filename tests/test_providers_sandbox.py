@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from decimal import Decimal
 from pathlib import Path
 
@@ -275,3 +276,35 @@ def test_minor_units_reject_extra_decimals() -> None:
         to_minor_units(Decimal("4.995"), "EUR")
     with pytest.raises(InvalidPaymentRequest):
         to_minor_units(Decimal("1.5"), "JPY")
+
+
+async def test_requested_3ds_requires_action_for_any_card() -> None:
+    sandbox = SandboxProvider()
+    for index, method in enumerate(("pm_card_visa", "pm_card_chargeDeclined")):
+        challenged = dataclasses.replace(request(method), request_three_d_secure=True)
+        intent = await sandbox.create_intent(challenged, f"k:intent:{index}")
+        authorized = await sandbox.authorize(intent.id, f"k:authorize:{index}")
+        assert authorized.status == REQUIRES_ACTION, method
+
+
+async def test_payment_method_details_per_card() -> None:
+    sandbox = SandboxProvider()
+    visa = await sandbox.payment_method_details("pm_card_visa")
+    again = await sandbox.payment_method_details("pm_card_visa")
+    german = await sandbox.payment_method_details("pm_card_de")
+
+    assert visa.fingerprint == again.fingerprint
+    assert visa.fingerprint != german.fingerprint
+    assert visa.country == "US"
+    assert german.country == "DE"
+    with pytest.raises(UnknownPaymentMethod):
+        await sandbox.payment_method_details("pm_nonsense")
+
+
+async def test_payment_method_details_take_faults() -> None:
+    sandbox = SandboxProvider()
+    sandbox.faults.add("payment_method", "error")
+
+    with pytest.raises(ProviderUnavailable):
+        await sandbox.payment_method_details("pm_card_visa")
+    assert (await sandbox.payment_method_details("pm_card_visa")).country == "US"

@@ -8,6 +8,7 @@ expanded), the Refund object and the error object.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from decimal import Decimal
@@ -39,6 +40,7 @@ from origin.providers.base import (
     SUCCEEDED,
 )
 from origin.providers.stripe import parse_intent
+from origin.risk import RiskPolicy
 from tests.saga_harness import (
     FAST_CALLS,
     FakeClock,
@@ -55,6 +57,7 @@ CAPTURE_BEFORE = 1_800_604_800
 RETURN_URL = "https://shop.example/storefront"
 # The shape of the issuer page URL that Stripe's redirect_to_url names.
 AUTHENTICATION_URL = "https://hooks.stripe.com/3d_secure_2/hosted?merchant=acct_1"
+THREE_D_SECURE_OPTION = "payment_method_options[card][request_three_d_secure]"
 
 
 def payment_intent(
@@ -435,6 +438,9 @@ class FakeStripe:
         self.ids = itertools.count(1)
         self.captures = 0
         self.refunds = 0
+        # Intents created with request_three_d_secure=any, and the statuses
+        # that their confirmation returned.
+        self.three_d_secure: dict[str, str | None] = {}
 
     def install(self, mock: respx.MockRouter) -> None:
         mock.post("/v1/payment_intents").mock(side_effect=self.create)
@@ -445,6 +451,14 @@ class FakeStripe:
         mock.get(path__regex=r"/v1/payment_intents/(?P<id>\w+)").mock(
             side_effect=self.retrieve
         )
+        mock.get(path__regex=r"/v1/payment_methods/(?P<id>\w+)").mock(
+            side_effect=self.payment_method
+        )
+
+    def payment_method(self, request: httpx.Request, id: str) -> httpx.Response:
+        card = {"brand": "visa", "country": "US", "fingerprint": "Xt5EWLLDS7FJjR1c"}
+        body = {"id": id, "object": "payment_method", "type": "card", "card": card}
+        return httpx.Response(200, json=body)
 
     def idempotent(
         self, request: httpx.Request, act: Any, *args: Any
@@ -458,6 +472,9 @@ class FakeStripe:
         def create() -> httpx.Response:
             intent_id = f"pi_fake{next(self.ids)}"
             self.intents[intent_id] = payment_intent(intent_id)
+            options = form(request).get(THREE_D_SECURE_OPTION)
+            if options == ["any"]:
+                self.three_d_secure[intent_id] = None
             return httpx.Response(200, json=self.intents[intent_id])
 
         return self.idempotent(request, create)
@@ -465,7 +482,11 @@ class FakeStripe:
     def act(self, request: httpx.Request, id: str, verb: str) -> httpx.Response:
         def act() -> httpx.Response:
             status = self.intents[id]["status"]
-            if verb == "confirm" and status == "requires_confirmation":
+            if verb == "confirm" and id in self.three_d_secure:
+                # The issuer runs 3-D Secure, which needs the card holder.
+                self.intents[id] = payment_intent(id, REQUIRES_ACTION)
+                self.three_d_secure[id] = REQUIRES_ACTION
+            elif verb == "confirm" and status == "requires_confirmation":
                 self.intents[id] = payment_intent(id, REQUIRES_CAPTURE)
                 if self.authentication:
                     self.intents[id] = {
@@ -562,3 +583,91 @@ async def test_authentication_through_stripe(tmp_path: Path) -> None:
             async with origin.engine.connect() as connection:
                 assert await check_invariants(connection) == []
     assert fake.captures == 1
+
+
+@respx.mock(base_url=API, assert_all_called=True)
+async def test_create_intent_can_request_3ds(
+    respx_mock: respx.MockRouter, stripe: StripeProvider
+) -> None:
+    route = respx_mock.post("/v1/payment_intents").respond(200, json=payment_intent())
+    challenged = dataclasses.replace(INTENT_REQUEST, request_three_d_secure=True)
+
+    await stripe.create_intent(INTENT_REQUEST, "pur_test:payment_intent:1")
+    plain = form(route.calls.last.request)
+    await stripe.create_intent(challenged, "pur_test:payment_intent:2")
+    fields = form(route.calls.last.request)
+
+    assert "payment_method_options[card][request_three_d_secure]" not in plain
+    assert fields["payment_method_options[card][request_three_d_secure]"] == ["any"]
+
+
+@respx.mock(base_url=API, assert_all_called=True)
+async def test_payment_method_details_read_the_card(
+    respx_mock: respx.MockRouter, stripe: StripeProvider
+) -> None:
+    # A PaymentMethod object as GET /v1/payment_methods/{id} returns it.
+    route = respx_mock.get("/v1/payment_methods/pm_1Q0PsIJvEtkwdCNYMSaVuRz6").respond(
+        200,
+        json={
+            "id": "pm_1Q0PsIJvEtkwdCNYMSaVuRz6",
+            "object": "payment_method",
+            "type": "card",
+            "card": {
+                "brand": "visa",
+                "country": "US",
+                "fingerprint": "Xt5EWLLDS7FJjR1c",
+                "last4": "4242",
+            },
+        },
+    )
+
+    details = await stripe.payment_method_details("pm_1Q0PsIJvEtkwdCNYMSaVuRz6")
+
+    assert details.fingerprint == "Xt5EWLLDS7FJjR1c"
+    assert details.country == "US"
+    sent = route.calls.last.request
+    assert "expand[]" not in sent.url.params
+    assert "Idempotency-Key" not in sent.headers
+
+
+@respx.mock(base_url=API, assert_all_called=True)
+async def test_payment_method_details_of_a_missing_method(
+    respx_mock: respx.MockRouter, stripe: StripeProvider
+) -> None:
+    respx_mock.get("/v1/payment_methods/pm_nonsense").mock(
+        return_value=stripe_error(
+            404,
+            "invalid_request_error",
+            "No such PaymentMethod: 'pm_nonsense'",
+            code="resource_missing",
+            param="id",
+        )
+    )
+
+    with pytest.raises(UnknownPaymentMethod):
+        await stripe.payment_method_details("pm_nonsense")
+
+
+async def test_risk_challenge_reaches_stripe(tmp_path: Path) -> None:
+    fake = FakeStripe()
+    with respx.mock(base_url=API, assert_all_called=False) as mock:
+        fake.install(mock)
+        url = f"sqlite+aiosqlite:///{tmp_path / 'origin.db'}"
+        async with running_origin(
+            url, StripeProvider(KEY), FakeClock(), risk=RiskPolicy()
+        ) as origin:
+            await publish(origin.client)
+            viewer = await new_viewer(origin.client)
+            # The card is issued in the US; the request comes from Germany.
+            bought = await origin.client.post(
+                "/v1/purchases",
+                json={"content_id": "film", "payment_method": "pm_card_visa"},
+                headers={
+                    **viewer,
+                    "Idempotency-Key": str(uuid.uuid4()),
+                    "CF-IPCountry": "DE",
+                },
+            )
+    assert bought.status_code == 201, bought.text
+    assert list(fake.three_d_secure.values()) == [REQUIRES_ACTION]
+    assert fake.captures == 0

@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 
 import origin.saga
-from origin.providers import IntentRequest, PaymentIntent, Refund, SandboxProvider
+from origin.providers import (
+    IntentRequest,
+    PaymentIntent,
+    PaymentMethodDetails,
+    Refund,
+    SandboxProvider,
+)
 from tests.saga_harness import (
     FakeClock,
     RunningOrigin,
@@ -98,6 +104,9 @@ class CrashingProvider:
 
     async def retrieve(self, intent_id: str) -> PaymentIntent:
         return await self.sandbox.retrieve(intent_id)
+
+    async def payment_method_details(self, payment_method: str) -> PaymentMethodDetails:
+        return await self.sandbox.payment_method_details(payment_method)
 
     async def aclose(self) -> None:
         return None

@@ -35,7 +35,15 @@ CANCELED = "canceled"
 SUCCEEDED = "succeeded"
 
 # Provider operations; circuit breakers and timeouts are kept per operation.
-OPERATIONS = ("create_intent", "authorize", "capture", "void", "refund", "retrieve")
+OPERATIONS = (
+    "create_intent",
+    "authorize",
+    "capture",
+    "void",
+    "refund",
+    "retrieve",
+    "payment_method",
+)
 
 # Currencies without minor units, and with three decimals, in Stripe's list
 # of supported currencies (https://docs.stripe.com/currencies).
@@ -119,6 +127,24 @@ class IntentRequest:
     payment_method: str
     purchase_id: str
     description: str = ""
+    # Ask the issuer to authenticate the card holder (3-D Secure) whatever
+    # its own rules say; confirmation then returns ``requires_action``.
+    request_three_d_secure: bool = False
+
+
+@dataclass(frozen=True)
+class PaymentMethodDetails:
+    """What the provider tells about a payment method before it is charged.
+
+    ``fingerprint`` is the provider's identifier of the card number, the
+    same for every payment method made from one card (Stripe's
+    ``card.fingerprint``); ``country`` is the issuing country as ISO 3166-1
+    alpha-2. Either is None when the provider does not report it.
+    """
+
+    payment_method: str
+    fingerprint: str | None
+    country: str | None
 
 
 @dataclass(frozen=True)
@@ -211,6 +237,13 @@ class PaymentProvider(Protocol):
 
     async def retrieve(self, intent_id: str) -> PaymentIntent:
         """Return the provider's current view of the intent."""
+        ...
+
+    async def payment_method_details(self, payment_method: str) -> PaymentMethodDetails:
+        """Return the card's fingerprint and country.
+
+        Raise :class:`UnknownPaymentMethod` if the payment method does not exist.
+        """
         ...
 
     async def aclose(self) -> None:

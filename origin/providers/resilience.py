@@ -31,6 +31,7 @@ from origin.providers.base import (
     CircuitOpen,
     IntentRequest,
     PaymentIntent,
+    PaymentMethodDetails,
     PaymentProvider,
     ProviderTimeout,
     ProviderUnavailable,
@@ -54,6 +55,7 @@ DEFAULT_TIMEOUTS = {
     "void": 15.0,
     "refund": 20.0,
     "retrieve": 10.0,
+    "payment_method": 10.0,
 }
 
 
@@ -209,6 +211,12 @@ class ResilientProvider:
 
     async def retrieve(self, intent_id: str) -> PaymentIntent:
         return await self._call("retrieve", lambda: self.provider.retrieve(intent_id))
+
+    async def payment_method_details(self, payment_method: str) -> PaymentMethodDetails:
+        return await self._call(
+            "payment_method",
+            lambda: self.provider.payment_method_details(payment_method),
+        )
 
     async def aclose(self) -> None:
         await self.provider.aclose()

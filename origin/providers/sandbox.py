@@ -9,6 +9,8 @@ Stripe's test payment methods:
 ``pm_card_chargeDeclinedInsufficientFunds``  declined (``insufficient_funds``)
 ``pm_card_chargeDeclinedExpiredCard``       declined (``expired_card``)
 ``pm_card_authenticationRequired``          ``requires_action``: needs 3D Secure
+``pm_card_us``, ``_de``, ``_jp``, ...       authorized, then captured; the card is
+(38 countries, see ``COUNTRY_CARDS``)       issued in the country that it names
 ==========================================  =====================================
 
 An intent that requires action names a page of the origin in
@@ -17,6 +19,11 @@ approves or fails the issuer's authentication as on a bank's 3D Secure
 page. Approval authorizes the intent (``requires_capture``); failure
 leaves it ``requires_payment_method`` with the decline code
 ``payment_intent_authentication_failure``, as Stripe's test cards do.
+
+Every card is issued in the United States unless its name says otherwise,
+and each payment method stands for one card number, with its own
+fingerprint. An intent created with ``request_three_d_secure`` answers
+``requires_action`` for any card, as an issuer that runs 3-D Secure would.
 
 Authorizations lapse after ``authorization_seconds`` (Stripe's default is
 seven days), when the intent becomes ``canceled`` with the reason
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -50,6 +58,7 @@ from origin.providers.base import (
     IntentRequest,
     PaymentDeclined,
     PaymentIntent,
+    PaymentMethodDetails,
     PaymentProviderError,
     PaymentStateError,
     Refund,
@@ -65,7 +74,17 @@ DECLINED = {
     "pm_card_chargeDeclinedExpiredCard": "expired_card",
 }
 AUTHENTICATION_REQUIRED = frozenset({"pm_card_authenticationRequired"})
-KNOWN_PAYMENT_METHODS = APPROVED | DECLINED.keys() | AUTHENTICATION_REQUIRED
+# Stripe's test payment methods named after their card's issuing country.
+COUNTRY_CARDS = {
+    f"pm_card_{code.lower()}": code
+    for code in (
+        "US AR BR CA MX AT BE CH CZ DE DK EE ES FI FR GB GR IE IT LT LU LV NL "
+        "NO PL PT RO SE SI SK AU HK IN JP MY NZ SG TH"
+    ).split()
+}
+KNOWN_PAYMENT_METHODS = (
+    APPROVED | DECLINED.keys() | AUTHENTICATION_REQUIRED | COUNTRY_CARDS.keys()
+)
 CANCELABLE = frozenset(
     {REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION, REQUIRES_ACTION, REQUIRES_CAPTURE}
 )
@@ -144,6 +163,8 @@ class SandboxProvider:
             raise UnknownPaymentMethod(request.payment_method)
         amount = to_minor_units(request.amount, request.currency)
         params = [amount, request.currency.lower(), request.payment_method]
+        if request.request_three_d_secure:
+            params.append("request_three_d_secure")
 
         def create() -> dict[str, Any]:
             intent_id = "pi_sandbox_" + secrets.token_hex(12)
@@ -159,6 +180,7 @@ class SandboxProvider:
                 "amount_refunded": 0,
                 "cancellation_reason": None,
                 "decline_code": None,
+                "request_three_d_secure": request.request_three_d_secure,
                 "captures": 0,
                 "refunds": 0,
             }
@@ -171,16 +193,19 @@ class SandboxProvider:
         def confirm() -> dict[str, Any]:
             intent = self._expect(intent_id, REQUIRES_CONFIRMATION)
             method = intent["payment_method"]
-            if method in DECLINED:
-                intent["status"] = REQUIRES_PAYMENT_METHOD
-                intent["decline_code"] = DECLINED[method]
-                raise PaymentDeclined(DECLINED[method], "Your card was declined.")
-            if method in AUTHENTICATION_REQUIRED:
+            if (
+                intent.get("request_three_d_secure")
+                or method in AUTHENTICATION_REQUIRED
+            ):
                 intent["status"] = REQUIRES_ACTION
                 authentication_id = "sa_" + secrets.token_urlsafe(18)
                 intent["authentication_id"] = authentication_id
                 intent["next_action_url"] = AUTHENTICATION_PATH + authentication_id
                 return intent
+            if method in DECLINED:
+                intent["status"] = REQUIRES_PAYMENT_METHOD
+                intent["decline_code"] = DECLINED[method]
+                raise PaymentDeclined(DECLINED[method], "Your card was declined.")
             intent["status"] = REQUIRES_CAPTURE
             intent["capture_before"] = self._clock() + self._authorization_seconds
             return intent
@@ -270,6 +295,19 @@ class SandboxProvider:
             intent = self._load(intent_id)
         await self.faults.after("retrieve")
         return _intent(intent)
+
+    async def payment_method_details(self, payment_method: str) -> PaymentMethodDetails:
+        if payment_method not in KNOWN_PAYMENT_METHODS:
+            raise UnknownPaymentMethod(payment_method)
+        await self.faults.before("payment_method")
+        digest = hashlib.sha256(payment_method.encode()).hexdigest()
+        details = PaymentMethodDetails(
+            payment_method=payment_method,
+            fingerprint="sandbox" + digest[:10],
+            country=COUNTRY_CARDS.get(payment_method, "US"),
+        )
+        await self.faults.after("payment_method")
+        return details
 
     async def aclose(self) -> None:
         return None

@@ -21,6 +21,7 @@ expires) the saga needs.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -29,6 +30,7 @@ from origin.providers.base import (
     InvalidPaymentRequest,
     PaymentDeclined,
     PaymentIntent,
+    PaymentMethodDetails,
     PaymentProviderError,
     PaymentStateError,
     ProviderTimeout,
@@ -44,6 +46,9 @@ API_URL = "https://api.stripe.com"
 # against Stripe's test mode, which this machine cannot reach.
 API_VERSION = "2024-06-20"
 EXPAND_CHARGE = {"expand[]": "latest_charge"}
+# The ``param`` of a ``resource_missing`` error about the payment method: a
+# PaymentIntent names its field, GET /v1/payment_methods/{id} the path's id.
+PAYMENT_METHOD_PARAMS = frozenset({"payment_method", "id"})
 STATE_ERROR_CODES = frozenset(
     {
         "payment_intent_unexpected_state",
@@ -92,6 +97,8 @@ class StripeProvider:
         }
         if request.description:
             form["description"] = request.description
+        if request.request_three_d_secure:
+            form["payment_method_options[card][request_three_d_secure]"] = "any"
         body = await self._post("/v1/payment_intents", form, idempotency_key)
         return parse_intent(body)
 
@@ -123,8 +130,21 @@ class StripeProvider:
         return Refund(body["id"], body["status"], int(body["amount"]))
 
     async def retrieve(self, intent_id: str) -> PaymentIntent:
-        body = await self._send("GET", f"/v1/payment_intents/{intent_id}", None, None)
+        body = await self._send(
+            "GET", f"/v1/payment_intents/{intent_id}", None, None, EXPAND_CHARGE
+        )
         return parse_intent(body)
+
+    async def payment_method_details(self, payment_method: str) -> PaymentMethodDetails:
+        body = await self._send(
+            "GET", f"/v1/payment_methods/{quote(payment_method, safe='')}", None, None
+        )
+        card = body.get("card") or {}
+        return PaymentMethodDetails(
+            payment_method=payment_method,
+            fingerprint=card.get("fingerprint"),
+            country=card.get("country"),
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -140,9 +160,9 @@ class StripeProvider:
         path: str,
         form: dict[str, str] | None,
         idempotency_key: str | None,
+        params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        params = EXPAND_CHARGE if method == "GET" else None
         try:
             response = await self._client.request(
                 method, path, data=form, params=params, headers=headers
@@ -176,7 +196,7 @@ def stripe_error(response: httpx.Response) -> PaymentProviderError:
     if kind == "card_error":
         reason = error.get("decline_code") or code or "card_declined"
         return PaymentDeclined(reason, message)
-    if code == "resource_missing" and error.get("param") == "payment_method":
+    if code == "resource_missing" and error.get("param") in PAYMENT_METHOD_PARAMS:
         return UnknownPaymentMethod(message)
     if code in STATE_ERROR_CODES:
         return PaymentStateError(message, intent.get("status"))
