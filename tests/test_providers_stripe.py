@@ -668,6 +668,8 @@ async def test_risk_challenge_reaches_stripe(tmp_path: Path) -> None:
                     "CF-IPCountry": "DE",
                 },
             )
-    assert bought.status_code == 201, bought.text
+    # The challenged purchase waits for the viewer's 3-D Secure step.
+    assert bought.status_code == 202, bought.text
+    assert bought.json()["status"] == "requires_action"
     assert list(fake.three_d_secure.values()) == [REQUIRES_ACTION]
     assert fake.captures == 0

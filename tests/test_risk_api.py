@@ -202,7 +202,8 @@ async def test_shared_card_challenged_then_blocked(
             )
         )
 
-    assert [response.status_code for response in responses] == [201, 201, 403, 403]
+    # 202: the challenged second purchase waits for the viewer's 3-D Secure.
+    assert [response.status_code for response in responses] == [201, 202, 403, 403]
     second = responses[1].json()["purchase_id"]
     [challenged] = await assessments(origin, purchase_id=second)
     assert challenged["decision"] == "challenge"
@@ -220,8 +221,10 @@ async def test_challenge_asks_the_issuer_for_3ds(
     viewer = await new_viewer(origin.client)
     response = await attempt(origin, viewer, "pm_card_us", country="DE")
 
-    assert response.status_code == 201, response.text
-    purchase_id = response.json()["purchase_id"]
+    assert response.status_code == 202, response.text
+    waiting = response.json()
+    assert waiting["status"] == "requires_action"
+    purchase_id = waiting["purchase_id"]
     [intent] = sandbox.intents_for(purchase_id)
     assert intent["request_three_d_secure"] is True
     assert [confirmed.status for confirmed in sandbox.confirmed] == ["requires_action"]
@@ -235,6 +238,13 @@ async def test_challenge_asks_the_issuer_for_3ds(
             "limit": None,
         }
     ]
+    # The viewer passes the issuer's step, and the purchase goes through.
+    answered = await origin.client.post(
+        waiting["next_action"]["url"], data={"result": "approve"}
+    )
+    assert answered.status_code == 200, answered.text
+    done = await origin.client.get(f"/v1/purchases/{purchase_id}", headers=viewer)
+    assert done.json()["status"] == "granted"
 
 
 async def test_premiere_crowd_is_allowed(
@@ -262,7 +272,9 @@ async def test_device_farm_is_blocked(origin: RunningOrigin) -> None:
         response = await attempt(origin, viewer, card, ip="198.18.0.10")
         codes.append(response.status_code)
 
-    assert codes[:3] == [201, 201, 201]
+    # Challenged purchases (202) wait for 3-D Secure; none of these is blocked.
+    assert codes[0] == 201
+    assert set(codes[:3]) <= {201, 202}
     assert codes[-1] == 403
 
 
