@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from edge.circuit import CircuitBreaker, CircuitOpen
+from shared.tracing import inject_traceparent
 
 logger = logging.getLogger("segmentgate.edge.origin")
 
@@ -47,7 +48,10 @@ class OriginLink:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.client = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, headers=headers
+            base_url=base_url,
+            timeout=timeout,
+            headers=headers,
+            event_hooks={"request": [inject_traceparent]},
         )
         self.breaker = CircuitBreaker(
             "origin",

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,6 +24,7 @@ from origin import (
     outbox_admin,
     playback,
     purchases,
+    status,
     viewers,
     webhooks,
 )
@@ -42,6 +44,8 @@ from origin.settings import OriginSettings, resolve_master_key
 from origin.state import Origin
 from origin.store import create_engine, create_tables
 from shared.http import problem_handlers
+from shared.logs import redactor
+from shared.tracing import TraceMiddleware, configure_tracing
 
 logger = logging.getLogger("segmentgate.origin")
 
@@ -80,6 +84,7 @@ def create_app(
     calls get the timeouts, retries and circuit breakers of
     ``settings.provider_calls``.
     """
+    configure_tracing()
     engine = create_engine(settings.database_url)
     keys = KeyRing(
         engine,
@@ -107,6 +112,15 @@ def create_app(
     processor = webhooks.WebhookProcessor(engine, saga, settings, clock)
     state = Origin(settings, engine, keys, resilient, relay, saga, recovery, clock)
     state.admin_tokens = parse_admin_tokens(settings.admin_token, settings.admin_tokens)
+    redactor.add_secrets(
+        [
+            *state.admin_tokens,
+            settings.edge_token,
+            settings.master_key,
+            settings.stripe_api_key,
+            *(secret for values in processor.secrets.values() for secret in values),
+        ]
+    )
     keys.on_event = relay.notify
 
     async def tick_keys() -> None:
@@ -149,9 +163,13 @@ def create_app(
         *dlq.routes,
         *outbox_admin.routes,
         *metrics.routes,
+        *status.routes,
     ]
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers=problem_handlers(logger)
+        routes=routes,
+        middleware=[Middleware(TraceMiddleware, tracer_name="segmentgate.origin")],
+        lifespan=lifespan,
+        exception_handlers=problem_handlers(logger),
     )
     # A trailing slash is not a path to redirect from: a redirect built from
     # the Host header could point anywhere.

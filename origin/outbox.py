@@ -50,6 +50,7 @@ from shared.events import (
     EventBatch,
     encode_event_batch,
 )
+from shared.tracing import current_traceparent, inject_traceparent
 
 if TYPE_CHECKING:
     from origin.keyring import KeyRing
@@ -72,7 +73,11 @@ async def append_event(
     *,
     kid: str = "",
 ) -> None:
-    """Insert an event inside the caller's transaction."""
+    """Insert an event inside the caller's transaction.
+
+    The event records the current trace context, so the edge that applies
+    it continues the trace of the request that caused it.
+    """
     if connection.dialect.name == "postgresql":
         # Sequence numbers are drawn at insert but become visible at commit.
         # Holding this lock until commit makes commits follow sequence order,
@@ -90,6 +95,7 @@ async def append_event(
                 "content_id": content_id,
                 "version": version,
                 "kid": kid,
+                "traceparent": current_traceparent(),
             },
             created_at=time.time(),
         )
@@ -125,6 +131,7 @@ async def read_events(
             version=row.payload["version"],
             occurred_at=row.created_at,
             kid=row.payload.get("kid", ""),
+            traceparent=row.payload.get("traceparent", ""),
         )
         for row in rows
     ]
@@ -143,6 +150,8 @@ class Destination:
     isolate_until: int = 0
     logged_at: float = float("-inf")
     unlogged_failures: int = 0
+    # Wall-clock time of the last push the destination accepted.
+    acknowledged_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -196,7 +205,11 @@ class OutboxRelay:
         self._retry_base = retry_base
         self._retry_max = retry_max
         self._monotonic = monotonic
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            transport=transport,
+            event_hooks={"request": [inject_traceparent]},
+        )
         # JetStream destinations; jetstream_names is the stream and the
         # subject prefix.
         self._publishers = {
@@ -283,6 +296,7 @@ class OutboxRelay:
                 await self._park(destination, batch.events[0].seq, result)
             else:
                 sent += len(batch.events)
+                destination.acknowledged_at = time.time()
                 self._recovered(destination)
             await self._save_cursor(target, batch.events[-1].seq)
 
@@ -473,4 +487,9 @@ class OutboxRelay:
                 max(0.0, destination.retry_at - self._monotonic()), 3
             ),
             "parked": int(parked),
+            "acknowledged_age_seconds": (
+                round(now - destination.acknowledged_at, 3)
+                if destination.acknowledged_at is not None
+                else None
+            ),
         }

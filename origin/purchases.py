@@ -111,7 +111,7 @@ async def create_purchase(request: Request) -> Response:
         if entitlement.granted:
             raise Problem(problems.CONFLICT, f"the viewer already owns '{content_id}'")
         try:
-            purchase_id, _ = await origin.saga.start(
+            purchase_id, created = await origin.saga.start(
                 PurchaseRequest(
                     viewer_id=viewer.viewer_id,
                     content_id=content_id,
@@ -125,6 +125,8 @@ async def create_purchase(request: Request) -> Response:
             raise Problem(problems.CONFLICT, str(exc)) from None
         except InvalidPaymentRequest as exc:
             raise Problem(problems.UNPROCESSABLE, str(exc)) from None
+        if created:
+            origin.counters.count_purchase(viewer.viewer_id, content_id)
         purchase = await _owned_purchase(origin, viewer, purchase_id)
         return _purchase_response(purchase, 201)
 

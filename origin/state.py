@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from origin.counters import OriginCounters
 from origin.keyring import KeyRing
 from origin.outbox import OutboxRelay
 from origin.providers import PaymentProvider
@@ -28,3 +29,4 @@ class Origin:
     clock: Callable[[], float]
     # Admin tokens and the scopes each holds.
     admin_tokens: dict[str, frozenset[str]] = field(default_factory=dict)
+    counters: OriginCounters = field(default_factory=OriginCounters)

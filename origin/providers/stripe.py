@@ -31,6 +31,7 @@ from origin.providers.base import (
     UnknownPaymentMethod,
     to_minor_units,
 )
+from shared.tracing import current_traceparent, inject_traceparent
 
 API_URL = "https://api.stripe.com"
 # The API version that the response shapes parsed here were written against.
@@ -69,6 +70,7 @@ class StripeProvider:
                 "Authorization": f"Bearer {api_key}",
                 "Stripe-Version": api_version,
             },
+            event_hooks={"request": [inject_traceparent]},
         )
 
     async def create_intent(
@@ -82,6 +84,11 @@ class StripeProvider:
             "capture_method": "manual",
             "metadata[purchase_id]": request.purchase_id,
         }
+        # Stripe returns metadata in webhook events, so the trace of the
+        # purchase reaches the webhook that reports on it.
+        traceparent = current_traceparent()
+        if traceparent:
+            form["metadata[traceparent]"] = traceparent
         if request.description:
             form["description"] = request.description
         body = await self._post("/v1/payment_intents", form, idempotency_key)
