@@ -15,6 +15,11 @@ in it passes through :class:`Redactor`, which removes:
   so that lines about one viewer can still be matched.
 
 ``extra`` fields whose name contains a credential word are replaced whole.
+
+The libraries in ``LIBRARY_LOGGERS`` stay at ``WARNING`` whatever the level:
+their debug and info lines carry SQL parameters and raw headers, whose
+values (a viewer reference, a token hash) no pattern here can recognise.
+SQLAlchemy logs every statement with its parameters at ``INFO``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from shared.tracing import current_ids
 
 __all__ = [
     "LEVEL_VARIABLE",
+    "LIBRARY_LOGGERS",
     "JsonFormatter",
     "Redactor",
     "configure_logging",
@@ -42,6 +48,14 @@ __all__ = [
 ]
 
 LEVEL_VARIABLE = "SEGMENTGATE_LOG_LEVEL"
+LIBRARY_LOGGERS = (
+    "aiosqlite",
+    "asyncpg",
+    "hpack",
+    "httpcore",
+    "nats",
+    "sqlalchemy",
+)
 REDACTED = "[redacted]"
 # Names of extra fields whose whole value is a credential.
 _SECRET_FIELDS = ("token", "secret", "authorization", "signature", "password", "card")
@@ -191,4 +205,6 @@ def configure_logging(level: str | None = None) -> logging.Handler:
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     root.setLevel(name)
+    for library in LIBRARY_LOGGERS:
+        logging.getLogger(library).setLevel(max(logging.WARNING, root.level))
     return handler
