@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from origin.providers import SandboxProvider
 from shared.logs import JsonFormatter, Redactor, configure_logging, hash_identifier
 from shared.tracing import add_span_processor
-from tests.harness import Viewer, running_stack
+from tests.harness import RunningStack, Viewer, assert_problem, running_stack
 
 ADMIN_TOKEN = "observability-admin-" + uuid.uuid4().hex
 STATUS_TOKEN = "observability-status-" + uuid.uuid4().hex
@@ -601,3 +601,45 @@ def test_formatter_redacts_extra_fields() -> None:
     assert entry["authorization"] == "[redacted]"
     assert entry["viewer_ref"] == hash_identifier("ref-123")
     assert entry["path"] == "/x?sg=[redacted]"
+
+
+# Access to the new endpoints -----------------------------------------------
+
+
+def test_status_needs_status_scope(stack: RunningStack, viewer: Viewer) -> None:
+    url = f"{stack.stack.origin_url}/v1/status"
+
+    assert_problem(httpx.get(url), 401, "unauthorized")
+    assert_problem(viewer.client.get("/v1/status"), 403, "forbidden")
+    root = httpx.get(url, headers={"Authorization": "Bearer test-admin-token"})
+    assert root.status_code == 200, root.text
+    assert root.headers["cache-control"] == "no-store"
+
+
+def test_status_page_holds_no_data(stack: RunningStack) -> None:
+    response = httpx.get(f"{stack.stack.origin_url}/status")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "connect-src 'self'" in response.headers["content-security-policy"]
+    assert "/v1/status" in response.text
+    assert stack.stack.edge_url not in response.text
+
+
+def test_edge_metrics_off_without_token(stack: RunningStack) -> None:
+    response = httpx.get(f"{stack.stack.edge_url}/_edge/metrics")
+
+    assert_problem(response, 404, "not-found")
+
+
+def test_edge_metrics_reject_wrong_token(tmp_path: Path) -> None:
+    with running_stack(tmp_path, edge_options={"metrics_token": METRICS_TOKEN}) as run:
+        url = f"{run.stack.edge_url}/_edge/metrics"
+        missing = httpx.get(url)
+        wrong = httpx.get(url, headers={"Authorization": "Bearer wrong-token"})
+        right = httpx.get(url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+
+    assert_problem(missing, 401, "unauthorized")
+    assert_problem(wrong, 403, "forbidden")
+    assert right.status_code == 200
+    assert "segmentgate_edge_last_event_seq" in right.text
