@@ -1,8 +1,8 @@
 """Prometheus metrics of the edge: ``GET /_edge/metrics``.
 
-The route needs ``Authorization: Bearer <metrics_token>`` and answers 404
-when no metrics token is configured. Counters move on the request path,
-one increment per request; gauges are read from the edge's state at scrape
+The route needs ``Authorization: Bearer <metrics_token>`` and returns 404
+when no metrics token is configured. Counters move on the request path, by
+one increment per request. Gauges are read from the edge's state at scrape
 time. Each application has its own registry, so several edges can run in
 one process.
 
@@ -43,8 +43,9 @@ from shared.problems import Problem
 
 # Set by the media route on the request scope: "preview" or "entitled".
 MODE_SCOPE_KEY = "segmentgate.mode"
-# Seconds from an origin commit to its application here; a push normally
-# lands within a second, a lost push within the feed poll interval.
+# Buckets in seconds from an origin commit to its application here. A push
+# arrives within a second on a local network; a lost one waits for the feed
+# poll (sync_interval, 5 s by default), and an edge that was down longer.
 UNLOCK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="segmentgate-edge"'}
 
@@ -115,7 +116,7 @@ class EdgeMetrics:
     def count_request(
         self, path: str, playback_token: bool, status: int, reason: str, mode: str
     ) -> None:
-        """Count one media request from its outcome; playlists only at start."""
+        """Count one media request by outcome; a playlist counts only as a start."""
         if path.endswith(".m3u8"):
             if not playback_token:
                 return

@@ -1,4 +1,4 @@
-"""Outcome counters that only this origin process sees.
+"""Outcome counters kept by one origin process.
 
 Prometheus counters for what the store does not record: webhook deliveries
 that failed verification, playback sessions by mode, and purchases that
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-# Viewer and content pairs remembered as having previewed; the oldest are
+# Viewer and content pairs remembered as having previewed. The oldest are
 # forgotten first, so a purchase long after its preview may go uncounted.
 PREVIEW_MEMORY = 100_000
 

@@ -2,9 +2,9 @@
 
 ``GET /v1/status`` returns it as JSON to an admin token with the ``status``
 scope (a read-only token for operators and partners) or the root token.
-``GET /status`` is an HTML page that polls that endpoint every two seconds;
-the page itself holds no data, and reads the token from the URL fragment
-(``/status#token=...``), which browsers never send to the server.
+``GET /status`` is an HTML page that polls that endpoint every two seconds.
+The page itself contains no data. Its script reads the token from the URL
+fragment (``/status#token=...``), which browsers do not send to the server.
 
 Store-backed values are the same on every origin replica; the ``counters``
 of :mod:`origin.counters` belong to the process that answers.
@@ -27,7 +27,7 @@ from origin.auth import require_scope
 from origin.state import Origin
 from origin.store import purchases, webhook_dead_letters, webhook_events
 
-# Purchase statuses in funnel order; any other status is listed after them.
+# Purchase statuses in funnel order. Any other status is listed after them.
 FUNNEL_ORDER = (
     records.PENDING,
     records.AUTHORIZED,

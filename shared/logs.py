@@ -111,7 +111,7 @@ class Redactor:
         self._lock = threading.Lock()
 
     def add_secrets(self, values: Iterable[str]) -> None:
-        """Redact these exact values wherever they appear; short ones are kept.
+        """Redact these exact values wherever they appear.
 
         Values under 8 characters would match ordinary words, so they are
         not added.

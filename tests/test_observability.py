@@ -289,6 +289,7 @@ def run_journey(journey: Journey, data_dir: Path) -> None:
 def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     spans = SpanCollector()
     add_span_processor(spans)
+
     logs = LineCollector()
     root = logging.getLogger()
     saved_levels = {
@@ -297,6 +298,7 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     }
     handler = configure_logging("DEBUG")
     root.addHandler(logs)
+
     data_dir = tmp_path_factory.mktemp("observability")
     sandbox = SandboxProvider()
     sandbox.name = "stripe"  # type: ignore[misc]
@@ -616,7 +618,7 @@ def test_status_needs_status_scope(stack: RunningStack, viewer: Viewer) -> None:
     assert root.headers["cache-control"] == "no-store"
 
 
-def test_status_page_holds_no_data(stack: RunningStack) -> None:
+def test_status_page_contains_no_data(stack: RunningStack) -> None:
     response = httpx.get(f"{stack.stack.origin_url}/status")
 
     assert response.status_code == 200
