@@ -377,7 +377,7 @@ def create_app(settings: EdgeSettings) -> Starlette:
     ]
     middleware = [
         Middleware(PathTokenMiddleware),
-        Middleware(TraceMiddleware, tracer_name="segmentgate.edge"),
+        Middleware(TraceMiddleware, tracer_name="segmentgate.edge", start_traces=False),
         Middleware(AccessLogMiddleware, metrics=edge.metrics),
         Middleware(
             CORSMiddleware,

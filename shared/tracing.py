@@ -211,18 +211,30 @@ class TraceMiddleware:
 
     The span records the method, the path (never the query, which may hold
     tokens), the status and the denial reason that the response carries.
+
+    With ``start_traces=False`` a request without ``traceparent`` gets no
+    span while no exporter records spans. The edge uses this because a span
+    per segment request would cost as much as its whole gate decision.
     """
 
-    def __init__(self, app: ASGIApp, *, tracer_name: str) -> None:
+    def __init__(
+        self, app: ASGIApp, *, tracer_name: str, start_traces: bool = True
+    ) -> None:
         self.app = app
         self.tracer = trace.get_tracer(tracer_name)
+        self.start_traces = start_traces
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        parent = context_from_traceparent(_header(scope, TRACEPARENT.encode()))
+        traceparent = _header(scope, TRACEPARENT.encode())
+        if not (traceparent or self.start_traces or _sampler.recording):
+            await self.app(scope, receive, send)
+            return
+
+        parent = context_from_traceparent(traceparent)
         span = self.tracer.start_span(
             scope["method"], context=parent, kind=SpanKind.SERVER
         )
