@@ -77,6 +77,7 @@ segmentgate demo is running.
   origin  {origin}   (catalog: {origin}/v1/catalog)
   edge    {edge}   (health: {edge}/_edge/healthz)
   admin token: {stack.admin_token}
+  status page: {origin}/status#token={stack.admin_token}
 
 A demo viewer and a preview session of "sample" are ready:
 

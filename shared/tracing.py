@@ -49,6 +49,7 @@ __all__ = [
     "TRACEPARENT",
     "TraceMiddleware",
     "add_span_processor",
+    "build_exporter",
     "configure_tracing",
     "context_from_traceparent",
     "current_ids",
@@ -101,7 +102,8 @@ _sampler = _ExportingSampler()
 _provider: TracerProvider | None = None
 
 
-def _exporter(name: str) -> SpanExporter | None:
+def build_exporter(name: str) -> SpanExporter | None:
+    """Create the span exporter called ``name``, or None for no exporter."""
     if name not in EXPORTERS:
         raise ValueError(
             f"{EXPORTER_VARIABLE} must be one of otlp, console or none; got {name!r}"
@@ -128,7 +130,7 @@ def configure_tracing(exporter: str | None = None) -> TracerProvider:
     name = (
         os.environ.get(EXPORTER_VARIABLE, "") if exporter is None else exporter
     ).lower()
-    span_exporter = _exporter(name)
+    span_exporter = build_exporter(name)
     with _lock:
         if _provider is None:
             _provider = TracerProvider(

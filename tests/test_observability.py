@@ -19,8 +19,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -37,8 +40,9 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from origin.providers import SandboxProvider
 from shared.logs import JsonFormatter, Redactor, configure_logging, hash_identifier
+from shared.tracing import EXPORTER_VARIABLE as EXPORTER
 from shared.tracing import add_span_processor
-from tests.harness import RunningStack, Viewer, assert_problem, running_stack
+from tests.harness import REPO, RunningStack, Viewer, assert_problem, running_stack
 
 ADMIN_TOKEN = "observability-admin-" + uuid.uuid4().hex
 STATUS_TOKEN = "observability-status-" + uuid.uuid4().hex
@@ -645,3 +649,63 @@ def test_edge_metrics_reject_wrong_token(tmp_path: Path) -> None:
     assert_problem(wrong, 403, "forbidden")
     assert right.status_code == 200
     assert "segmentgate_edge_last_event_seq" in right.text
+
+
+# Exporter configuration -------------------------------------------------------
+
+SPAN_SCRIPT = """
+from opentelemetry import trace
+from shared.tracing import configure_tracing
+configure_tracing()
+span = trace.get_tracer("segmentgate.test").start_span("exported-span")
+print("recording", span.is_recording(), flush=True)
+span.end()
+"""
+
+
+def run_span_script(exporter: str | None) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != EXPORTER}
+    if exporter is not None:
+        env[EXPORTER] = exporter
+    return subprocess.run(
+        [sys.executable, "-c", SPAN_SCRIPT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_exporter_off_by_default() -> None:
+    result = run_span_script(None)
+
+    assert result.returncode == 0, result.stderr
+    assert "recording False" in result.stdout
+    assert "exported-span" not in result.stdout
+
+
+def test_console_exporter_prints_spans() -> None:
+    result = run_span_script("console")
+
+    assert result.returncode == 0, result.stderr
+    assert "recording True" in result.stdout
+    assert '"name": "exported-span"' in result.stdout
+
+
+def test_unknown_exporter_is_rejected() -> None:
+    result = run_span_script("zipkin")
+
+    assert result.returncode != 0
+    assert "SEGMENTGATE_TRACES_EXPORTER must be one of" in result.stderr
+
+
+def test_otlp_exporter_is_built() -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter,
+    )
+
+    from shared.tracing import build_exporter
+
+    assert isinstance(build_exporter("otlp"), OTLPSpanExporter)
+    assert build_exporter("none") is None
