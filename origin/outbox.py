@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -50,12 +52,13 @@ from shared.events import (
     EventBatch,
     encode_event_batch,
 )
-from shared.tracing import current_traceparent, inject_traceparent
+from shared.tracing import current_traceparent, inject_traceparent, links_to
 
 if TYPE_CHECKING:
     from origin.keyring import KeyRing
 
 logger = logging.getLogger("segmentgate.origin.outbox")
+tracer = trace.get_tracer("segmentgate.origin")
 
 BATCH_LIMIT = 500
 # Seconds between two logs of the same destination's failure streak.
@@ -312,6 +315,20 @@ class OutboxRelay:
         await asyncio.Event().wait()
 
     async def _push(self, target: str, batch: EventBatch) -> PushResult:
+        """Push ``batch`` in a span linked to the trace of each of its events."""
+        with tracer.start_as_current_span(
+            "outbox push",
+            kind=SpanKind.PRODUCER,
+            links=links_to(event.traceparent for event in batch.events),
+            attributes={
+                "outbox.target": target,
+                "outbox.first_seq": batch.events[0].seq,
+                "outbox.last_seq": batch.events[-1].seq,
+            },
+        ):
+            return await self._push_batch(target, batch)
+
+    async def _push_batch(self, target: str, batch: EventBatch) -> PushResult:
         publisher = self._publishers.get(target)
         if publisher is not None:
             try:

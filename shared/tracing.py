@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import httpx
 from opentelemetry import context, trace
@@ -55,6 +55,7 @@ __all__ = [
     "current_ids",
     "current_traceparent",
     "inject_traceparent",
+    "links_to",
     "span_from",
 ]
 
@@ -158,6 +159,17 @@ def context_from_traceparent(traceparent: str) -> Context | None:
     if not trace.get_current_span(extracted).get_span_context().is_valid:
         return None
     return extracted
+
+
+def links_to(traceparents: Iterable[str]) -> list[Link]:
+    """Return span links to every valid ``traceparent`` value, once each."""
+    links: dict[str, Link] = {}
+    for traceparent in traceparents:
+        parent = context_from_traceparent(traceparent)
+        if parent is not None and traceparent not in links:
+            span_context = trace.get_current_span(parent).get_span_context()
+            links[traceparent] = Link(span_context)
+    return list(links.values())
 
 
 def current_traceparent() -> str:

@@ -39,7 +39,13 @@ import stripe
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from origin.providers import SandboxProvider
-from shared.logs import JsonFormatter, Redactor, configure_logging, hash_identifier
+from shared.logs import (
+    LIBRARY_LOGGERS,
+    JsonFormatter,
+    Redactor,
+    configure_logging,
+    hash_identifier,
+)
 from shared.tracing import EXPORTER_VARIABLE as EXPORTER
 from shared.tracing import add_span_processor
 from tests.harness import REPO, RunningStack, Viewer, assert_problem, running_stack
@@ -298,7 +304,7 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     root = logging.getLogger()
     saved_levels = {
         name: logging.getLogger(name).level
-        for name in ("", "segmentgate.edge.access", "aiosqlite", "httpcore")
+        for name in ("", "segmentgate.edge.access", *LIBRARY_LOGGERS)
     }
     handler = configure_logging("DEBUG")
     root.addHandler(logs)
@@ -355,6 +361,19 @@ def test_purchase_forms_one_trace(journey: Journey) -> None:
     assert "payment authorize" in names
     assert "payment capture" in names
     assert "apply entitlement.granted" in names
+
+
+def test_outbox_push_links_purchase_trace(journey: Journey) -> None:
+    pushes = [span for span in journey.spans.spans if span.name == "outbox push"]
+    linked = [
+        span
+        for span in pushes
+        if any(f"{link.context.trace_id:032x}" == PURCHASE_TRACE for link in span.links)
+    ]
+
+    assert pushes
+    assert linked
+    assert linked[0].attributes["outbox.target"] == journey.edge_url
 
 
 def test_purchase_server_span_continues_client(journey: Journey) -> None:
