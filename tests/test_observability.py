@@ -117,6 +117,7 @@ class Journey:
     edge_metrics: str = ""
     origin_metrics: str = ""
     status: dict[str, Any] = field(default_factory=dict)
+    status_token_codes: dict[str, int] = field(default_factory=dict)
 
 
 def wait_for(condition: Any, what: str, limit: float = 30.0) -> None:
@@ -291,6 +292,12 @@ def run_journey(journey: Journey, data_dir: Path) -> None:
     )
     assert status.status_code == 200, status.text
     journey.status = status.json()
+    # The status token reads the status and nothing else.
+    status_headers = {"Authorization": f"Bearer {STATUS_TOKEN}"}
+    journey.status_token_codes = {
+        path: admin.get(path, headers=status_headers).status_code
+        for path in ("/metrics", "/v1/admin/outbox", "/v1/admin/keys")
+    }
     for client in (viewer, admin, edge):
         client.close()
 
@@ -567,6 +574,14 @@ def test_origin_metrics_after_journey(journey: Journey) -> None:
     assert metric(text, "segmentgate_edge_behind_events", target=target) == 0
     assert metric(text, "segmentgate_outbox_lag_events", target=target) == 0
     assert "segmentgate_signing_key_age_seconds{" in text
+
+
+def test_status_token_reads_only_status(journey: Journey) -> None:
+    assert journey.status_token_codes == {
+        "/metrics": 403,
+        "/v1/admin/outbox": 403,
+        "/v1/admin/keys": 403,
+    }
 
 
 def test_status_matches_journey(journey: Journey) -> None:
