@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -30,6 +31,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     Decision,
@@ -99,6 +101,30 @@ class _ExportingSampler(Sampler):
         return "ExportingSampler"
 
 
+class _IdGenerator(IdGenerator):
+    """Span and trace ids from a generator of our own.
+
+    The SDK's default draws from the global ``random`` state, which other
+    code (tests with a seeded ``random``, Hypothesis) expects to own.
+    """
+
+    def __init__(self) -> None:
+        # Trace ids must be unique, not secret, as the SDK's own are.
+        self._random = random.Random()  # noqa: S311
+
+    def generate_span_id(self) -> int:
+        span_id = self._random.getrandbits(64)
+        while span_id == trace.INVALID_SPAN_ID:
+            span_id = self._random.getrandbits(64)
+        return span_id
+
+    def generate_trace_id(self) -> int:
+        trace_id = self._random.getrandbits(128)
+        while trace_id == trace.INVALID_TRACE_ID:
+            trace_id = self._random.getrandbits(128)
+        return trace_id
+
+
 _sampler = _ExportingSampler()
 _provider: TracerProvider | None = None
 
@@ -137,6 +163,7 @@ def configure_tracing(exporter: str | None = None) -> TracerProvider:
             _provider = TracerProvider(
                 resource=Resource.create({"service.name": "segmentgate"}),
                 sampler=_sampler,
+                id_generator=_IdGenerator(),
             )
             trace.set_tracer_provider(_provider)
         provider = _provider
