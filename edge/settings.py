@@ -50,7 +50,7 @@ class EdgeSettings:
     sync_interval: float = 5.0
     # The bearer token the origin requires on its event feed.
     origin_token: str = ""
-    # The bearer token that GET /_edge/metrics requires; empty turns it off.
+    # The bearer token that GET /_edge/metrics requires. Empty turns it off.
     metrics_token: str = ""
     renewal_seconds: float = SESSION_RENEWAL
     # The origin counts as silent after stale_after seconds without a feed
