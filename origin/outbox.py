@@ -154,6 +154,8 @@ class Destination:
     logged_at: float = float("-inf")
     unlogged_failures: int = 0
     # Wall-clock time of the last push the destination accepted.
+    # NOTE: kept in memory only, so it is None after a restart until the
+    # destination accepts its next push.
     acknowledged_at: float | None = None
 
 
