@@ -36,7 +36,11 @@ import httpx
 import jwt
 import pytest
 import stripe
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
 
 from origin.providers import SandboxProvider
 from shared.logs import (
@@ -64,26 +68,28 @@ def traceparent(trace_id: str, span_id: str = "b7ad6b7169203331") -> str:
     return f"00-{trace_id}-{span_id}-01"
 
 
-class SpanCollector(SpanProcessor):
-    """Keep finished spans while active; the provider outlives this module."""
+class SpanCollector:
+    """The SDK's in-memory exporter, fed by a simple span processor.
+
+    The tracer provider outlives this module, so :meth:`close` shuts the
+    exporter down and later spans are dropped instead of kept.
+    """
 
     def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-        self.active = True
-        self._lock = threading.Lock()
+        self.exporter = InMemorySpanExporter()
+        add_span_processor(SimpleSpanProcessor(self.exporter))
 
-    def on_end(self, span: ReadableSpan) -> None:
-        if self.active:
-            with self._lock:
-                self.spans.append(span)
+    @property
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
 
     def of_trace(self, trace_id: str) -> list[ReadableSpan]:
-        with self._lock:
-            return [
-                span
-                for span in self.spans
-                if f"{span.context.trace_id:032x}" == trace_id
-            ]
+        return [
+            span for span in self.spans if f"{span.context.trace_id:032x}" == trace_id
+        ]
+
+    def close(self) -> None:
+        self.exporter.shutdown()
 
 
 class LineCollector(logging.Handler):
@@ -305,7 +311,6 @@ def run_journey(journey: Journey, data_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     spans = SpanCollector()
-    add_span_processor(spans)
 
     logs = LineCollector()
     root = logging.getLogger()
@@ -349,7 +354,7 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
             run_journey(result, data_dir)
         yield result
     finally:
-        spans.active = False
+        spans.close()
         root.removeHandler(logs)
         root.removeHandler(handler)
         for name, level in saved_levels.items():
