@@ -748,3 +748,21 @@ def test_otlp_exporter_is_built() -> None:
 
     assert isinstance(build_exporter("otlp"), OTLPSpanExporter)
     assert build_exporter("none") is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "garbage",
+        "00-" + "0" * 32 + "-" + "1" * 16 + "-01",
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01" + "x" * 5000,
+        "ff-" + "a" * 32 + "-" + "b" * 16 + "-01",
+    ],
+)
+def test_invalid_traceparent_is_ignored(stack: RunningStack, value: str) -> None:
+    headers = {"traceparent": value}
+    origin = httpx.get(f"{stack.stack.origin_url}/v1/catalog", headers=headers)
+    edge = httpx.get(f"{stack.stack.edge_url}/trailer/index.m3u8", headers=headers)
+
+    assert origin.status_code == 200, origin.text
+    assert_problem(edge, 401, "token-missing")
