@@ -315,8 +315,7 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     logs = LineCollector()
     root = logging.getLogger()
     saved_levels = {
-        name: logging.getLogger(name).level
-        for name in ("", "segmentgate.edge.access", *LIBRARY_LOGGERS)
+        name: logging.getLogger(name).level for name in ("", *LIBRARY_LOGGERS)
     }
     handler = configure_logging("DEBUG")
     root.addHandler(logs)
