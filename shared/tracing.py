@@ -111,6 +111,8 @@ class _IdGenerator(IdGenerator):
     def __init__(self) -> None:
         # Trace ids must be unique, not secret, as the SDK's own are.
         self._random = random.Random()  # noqa: S311
+        # A forked worker would otherwise repeat its parent's ids.
+        os.register_at_fork(after_in_child=self._random.seed)
 
     def generate_span_id(self) -> int:
         span_id = self._random.getrandbits(64)
