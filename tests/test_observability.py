@@ -665,7 +665,9 @@ def test_status_page_contains_no_data(stack: RunningStack) -> None:
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    assert "connect-src 'self'" in response.headers["content-security-policy"]
+    policy = response.headers["content-security-policy"]
+    assert "connect-src 'self'" in policy
+    assert "script-src 'sha256-" in policy
     assert "/v1/status" in response.text
     assert stack.stack.edge_url not in response.text
 
