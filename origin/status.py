@@ -6,8 +6,8 @@ scope (a read-only token for operators and partners) or the root token.
 The page itself contains no data. Its script reads the token from the URL
 fragment (``/status#token=...``), which browsers do not send to the server.
 
-Store-backed values are the same on every origin replica; the ``counters``
-of :mod:`origin.counters` belong to the process that answers.
+Store-backed values are the same on every origin replica. The ``counters``
+of :mod:`origin.counters` belong to the process that handles the request.
 """
 
 from __future__ import annotations
