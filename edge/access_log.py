@@ -3,6 +3,7 @@
 Records go to the ``segmentgate.edge.access`` logger with the request's
 method, path (never its query, which holds tokens), status and reason as
 attributes, so operators and tests can read decisions without parsing text.
+The same outcome moves the edge's request counters (:mod:`edge.metrics`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,27 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edge.metrics import MODE_SCOPE_KEY, EdgeMetrics
+from edge.paths import PATH_TOKEN_SCOPE_KEY
+
 REASON_HEADER = b"segmentgate-reason"
+CONTROL_PREFIX = "/_edge/"
 logger = logging.getLogger("segmentgate.edge.access")
 
 
+def _has_playback_token(scope: Scope) -> bool:
+    """Tell a playback token (a JWT) from a URI token without parsing the query."""
+    if scope.get(PATH_TOKEN_SCOPE_KEY):
+        return True
+    if b"sg=eyJ" in scope.get("query_string", b""):
+        return True
+    return any(name == b"authorization" for name, _ in scope.get("headers", ()))
+
+
 class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: EdgeMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,3 +71,13 @@ class AccessLogMiddleware:
                     "reason": reason,
                 },
             )
+            if self.metrics is not None and not scope["path"].startswith(
+                CONTROL_PREFIX
+            ):
+                self.metrics.count_request(
+                    scope["path"],
+                    _has_playback_token(scope),
+                    status,
+                    reason,
+                    scope.get(MODE_SCOPE_KEY, ""),
+                )

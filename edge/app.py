@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import logging
@@ -26,6 +27,7 @@ from edge.events import EventFollower, InvalidEventBatch
 from edge.gate import Access, Credentials, Gate
 from edge.jetstream import JetStreamConsumer
 from edge.keyset import KeySet, KeysUnavailable
+from edge.metrics import MODE_SCOPE_KEY, EdgeMetrics, metrics_endpoint
 from edge.origin_link import OriginLink, OriginUnavailable
 from edge.paths import (
     PATH_TOKEN_SCOPE_KEY,
@@ -45,8 +47,10 @@ from shared import problems
 from shared.deprecation import DeprecationMiddleware, spec_deprecations
 from shared.events import EVENTS_MEDIA_TYPE
 from shared.http import REASON_HEADER, problem_handlers
+from shared.logs import redactor
 from shared.problems import Problem
 from shared.tokens import TOKEN_PARAM
+from shared.tracing import TraceMiddleware, configure_tracing
 
 logger = logging.getLogger("segmentgate.edge")
 
@@ -94,12 +98,14 @@ class Edge:
         self.entitlements = EntitlementCache(
             settings.entitlement_ttl, settings.entitlement_capacity
         )
+        self.metrics = EdgeMetrics(self._metric_state)
         self.events = EventFollower(
             self.entitlements,
             self.keys,
             self._fetch_feed,
             policies=self.policies,
             on_contact=self.link.mark_contact,
+            on_applied=self.metrics.count_event,
         )
         self.gate = Gate(
             self.keys,
@@ -130,6 +136,18 @@ class Edge:
         else:
             assert settings.media_root is not None  # EdgeSettings requires one
             self.upstream = FileUpstream(settings.media_root)
+
+    def _metric_state(self) -> dict[str, float]:
+        silence = self.link.silence()
+        return {
+            "last_event_seq": float(self.events.last_seq or 0),
+            # A never-heard origin reads as -1: Prometheus has no infinity gauge
+            # that alerts compare well against.
+            "origin_silent_seconds": -1.0 if silence == float("inf") else silence,
+            "degraded": float(self.link.degraded),
+            "entitlements": float(len(self.entitlements)),
+            "keys": float(len(self.keys)),
+        }
 
     async def _fetch_jwks(self) -> dict[str, Any]:
         response = await self.link.get("/.well-known/jwks.json")
@@ -287,6 +305,7 @@ async def media(request: Request) -> Response:
     access = await edge.gate.check(
         _credentials(request), content_id, request.scope["path"]
     )
+    request.scope[MODE_SCOPE_KEY] = "entitled" if access.claims.entitled else "preview"
     media_path = f"{content_id}/{rest}"
     if is_playlist(rest):
         delivery = delivery_directives(request.query_params)
@@ -367,6 +386,11 @@ def create_app(
     ``transport`` carries its requests to the origin and an HTTP upstream;
     the default opens sockets.
     """
+    configure_tracing()
+    redactor.add_secrets(
+        [settings.origin_token, settings.metrics_token]
+        + [base64.urlsafe_b64encode(secret).decode() for secret in settings.uri_secrets]
+    )
     edge = Edge(settings, transport)
 
     @contextlib.asynccontextmanager
@@ -384,6 +408,9 @@ def create_app(
     routes = [
         Route("/_edge/healthz", healthz, methods=["GET"]),
         Route("/_edge/events", receive_events, methods=["POST"]),
+        Route(
+            "/_edge/metrics", metrics_endpoint(settings.metrics_token), methods=["GET"]
+        ),
         # "anypath" also matches control characters, which the path check
         # rejects with a problem instead of the router's plain 404.
         Route("/{path:anypath}", media, methods=["GET", "HEAD"]),
@@ -392,7 +419,8 @@ def create_app(
     middleware = [
         Middleware(DeprecationMiddleware, deprecated=deprecated),
         Middleware(PathTokenMiddleware),
-        Middleware(AccessLogMiddleware),
+        Middleware(TraceMiddleware, tracer_name="segmentgate.edge", start_traces=False),
+        Middleware(AccessLogMiddleware, metrics=edge.metrics),
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.allow_origins),

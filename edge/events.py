@@ -18,12 +18,14 @@ from collections.abc import Awaitable, Callable
 
 import jwt
 from cachetools import LRUCache
+from opentelemetry import trace
 
 from edge.entitlements import EntitlementCache
 from edge.keyset import KeySet
 from edge.policies import PolicyCache
 from shared.events import (
     CONTENT_WITHDRAWN,
+    ENTITLEMENT_GRANTED,
     ENTITLEMENT_TYPES,
     EVENTS_AUDIENCE,
     KEY_REVOKED,
@@ -34,8 +36,10 @@ from shared.events import (
     event_batch_from_claims,
 )
 from shared.tokens import ISSUER
+from shared.tracing import span_from
 
 logger = logging.getLogger("segmentgate.edge.events")
+tracer = trace.get_tracer("segmentgate.edge")
 
 # Reads the origin's feed after a sequence number; returns a signed batch.
 FetchFeed = Callable[[int], Awaitable[str]]
@@ -55,12 +59,14 @@ class EventFollower:
         fetch_feed: FetchFeed,
         policies: PolicyCache | None = None,
         on_contact: Callable[[], None] | None = None,
+        on_applied: Callable[[EntitlementEvent, float], None] | None = None,
     ) -> None:
         self._cache = cache
         self._keys = keys
         self._fetch_feed = fetch_feed
         self._policies = policies
         self._on_contact = on_contact or (lambda: None)
+        self._on_applied = on_applied or (lambda event, applied_at: None)
         self._lock = asyncio.Lock()
         self._seen: LRUCache[str, bool] = LRUCache(maxsize=100_000)
         self._background: set[asyncio.Task[None]] = set()
@@ -142,13 +148,38 @@ class EventFollower:
         return changed
 
     def _apply_event(self, event: EntitlementEvent) -> int:
-        """Apply one event unless its id was seen; return 1 if it changed state."""
+        """Apply one event unless its id was seen; return 1 if it changed state.
+
+        The event is applied in a span of the trace that committed it.
+        """
         if event.id in self._seen:
             return 0
         self._seen[event.id] = True
-        self.applied.append((event.seq, event.occurred_at, time.time()))
+        applied_at = time.time()
+        self.applied.append((event.seq, event.occurred_at, applied_at))
+        self._on_applied(event, applied_at)
+        with span_from(
+            tracer, f"apply {event.type}", event.traceparent, {"event.seq": event.seq}
+        ):
+            return self._apply_in_span(event, applied_at)
+
+    def _apply_in_span(self, event: EntitlementEvent, applied_at: float) -> int:
         if event.type in ENTITLEMENT_TYPES:
-            return int(self._cache.apply(event))
+            changed = self._cache.apply(event)
+            if changed and event.type == ENTITLEMENT_GRANTED:
+                logger.info(
+                    "entitlement granted: content %s unlocked %.3f s after "
+                    "the origin committed event %d",
+                    event.content_id,
+                    applied_at - event.occurred_at,
+                    event.seq,
+                    extra={
+                        "event_seq": event.seq,
+                        "content_id": event.content_id,
+                        "viewer_ref": event.viewer_ref,
+                    },
+                )
+            return int(changed)
         if self._policies is not None and event.type == POLICY_CHANGED:
             self._policies.invalidate(event.content_id)
         elif self._policies is not None and event.type == CONTENT_WITHDRAWN:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from edge.circuit import CircuitBreaker, CircuitOpen
+from shared.tracing import inject_traceparent
 
 logger = logging.getLogger("segmentgate.edge.origin")
 
@@ -48,7 +49,11 @@ class OriginLink:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.client = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, headers=headers, transport=transport
+            base_url=base_url,
+            timeout=timeout,
+            headers=headers,
+            event_hooks={"request": [inject_traceparent]},
+            transport=transport,
         )
         self.breaker = CircuitBreaker(
             "origin",

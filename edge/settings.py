@@ -56,6 +56,8 @@ class EdgeSettings:
     sync_interval: float = 5.0
     # The bearer token the origin requires on its event feed.
     origin_token: str = ""
+    # The bearer token that GET /_edge/metrics requires. Empty turns it off.
+    metrics_token: str = ""
     renewal_seconds: float = SESSION_RENEWAL
     # The origin counts as silent after stale_after seconds without a feed
     # read or a push; entitled viewers keep playing for grace_period more.
@@ -113,6 +115,7 @@ class EdgeSettings:
             upstream_url=env.get("SEGMENTGATE_EDGE_UPSTREAM_URL"),
             uri_secrets=decode_secrets(env.get("SEGMENTGATE_EDGE_URI_SECRETS", "")),
             origin_token=env.get("SEGMENTGATE_EDGE_ORIGIN_TOKEN", ""),
+            metrics_token=env.get("SEGMENTGATE_EDGE_METRICS_TOKEN", ""),
             grace_period=float(env.get("SEGMENTGATE_EDGE_GRACE_SECONDS", "900")),
             nats_url=env.get("SEGMENTGATE_EDGE_NATS_URL", ""),
             edge_id=env.get("SEGMENTGATE_EDGE_ID", ""),

@@ -28,6 +28,7 @@ from origin import (
     risk_admin,
     sandbox,
     sandbox_issuer,
+    status,
     storefront,
     viewers,
     webhooks,
@@ -51,6 +52,8 @@ from origin.state import Origin
 from origin.store import create_engine, create_tables
 from shared.deprecation import DeprecationMiddleware, spec_deprecations
 from shared.http import join_routes, problem_handlers
+from shared.logs import redactor
+from shared.tracing import TraceMiddleware, configure_tracing
 
 logger = logging.getLogger("segmentgate.origin")
 
@@ -90,6 +93,7 @@ def create_app(
     calls get the timeouts, retries and circuit breakers of
     ``settings.provider_calls``.
     """
+    configure_tracing()
     engine = create_engine(settings.database_url)
     master_key = resolve_master_key(settings)
     keys = KeyRing(
@@ -125,6 +129,15 @@ def create_app(
         derive_fingerprint_key(master_key),
         client_ip_header=settings.risk_client_ip_header,
         country_header=settings.risk_country_header,
+    )
+    redactor.add_secrets(
+        [
+            *state.admin_tokens,
+            settings.edge_token,
+            settings.master_key,
+            settings.stripe_api_key,
+            *(secret for values in processor.secrets.values() for secret in values),
+        ]
     )
     keys.on_event = relay.notify
 
@@ -175,11 +188,15 @@ def create_app(
         *metrics.routes,
         *api_docs.routes,
         *sandbox.routes,
+        *status.routes,
     ]
     deprecated = spec_deprecations(edge=False)
     app = Starlette(
         routes=join_routes(routes),
-        middleware=[Middleware(DeprecationMiddleware, deprecated=deprecated)],
+        middleware=[
+            Middleware(TraceMiddleware, tracer_name="segmentgate.origin"),
+            Middleware(DeprecationMiddleware, deprecated=deprecated),
+        ],
         lifespan=lifespan,
         exception_handlers=problem_handlers(logger),
     )

@@ -43,7 +43,8 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-ADMIN_SCOPES = ("catalog", "keys", "events", "risk")
+# "status" reads the status page and nothing else.
+ADMIN_SCOPES = ("catalog", "keys", "events", "risk", "status")
 
 
 def parse_admin_tokens(root_token: str, scoped: str) -> dict[str, frozenset[str]]:

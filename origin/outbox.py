@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -61,11 +63,13 @@ from shared.events import (
     EventBatch,
     encode_event_batch,
 )
+from shared.tracing import current_traceparent, inject_traceparent, links_to
 
 if TYPE_CHECKING:
     from origin.keyring import KeyRing
 
 logger = logging.getLogger("segmentgate.origin.outbox")
+tracer = trace.get_tracer("segmentgate.origin")
 
 BATCH_LIMIT = 500
 # Seconds between two logs of the same destination's failure streak.
@@ -89,7 +93,11 @@ async def append_event(
     *,
     kid: str = "",
 ) -> None:
-    """Insert an event inside the caller's transaction."""
+    """Insert an event inside the caller's transaction.
+
+    The event records the current trace context, so the edge that applies
+    it continues the trace of the request that caused it.
+    """
     if connection.dialect.name == "postgresql":
         # Sequence numbers are drawn at insert but become visible at commit.
         # Holding this lock until commit makes commits follow sequence order,
@@ -107,6 +115,7 @@ async def append_event(
                 "content_id": content_id,
                 "version": version,
                 "kid": kid,
+                "traceparent": current_traceparent(),
             },
             created_at=time.time(),
         )
@@ -142,6 +151,7 @@ async def read_events(
             version=row.payload["version"],
             occurred_at=row.created_at,
             kid=row.payload.get("kid", ""),
+            traceparent=row.payload.get("traceparent", ""),
         )
         for row in rows
     ]
@@ -163,6 +173,10 @@ class Destination:
     # Another replica held the cursor at the last try.
     contended: bool = False
     has_cursor_row: bool = False
+    # Wall-clock time of the last push the destination accepted.
+    # NOTE: kept in memory only, so it is None after a restart until the
+    # destination accepts its next push.
+    acknowledged_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +230,11 @@ class OutboxRelay:
         self._retry_base = retry_base
         self._retry_max = retry_max
         self._monotonic = monotonic
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            transport=transport,
+            event_hooks={"request": [inject_traceparent]},
+        )
         # JetStream destinations; jetstream_names is the stream and the
         # subject prefix.
         self._publishers = {
@@ -335,6 +353,7 @@ class OutboxRelay:
             await self._park(connection, destination, batch.events[0].seq, result)
         else:
             delivered = len(batch.events)
+            destination.acknowledged_at = time.time()
             self._recovered(destination)
         await save_cursor(connection, destination.target, batch.events[-1].seq)
         destination.cursor = batch.events[-1].seq
@@ -352,6 +371,20 @@ class OutboxRelay:
         await asyncio.Event().wait()
 
     async def _push(self, target: str, batch: EventBatch) -> PushResult:
+        """Push ``batch`` in a span linked to the trace of each of its events."""
+        with tracer.start_as_current_span(
+            "outbox push",
+            kind=SpanKind.PRODUCER,
+            links=links_to(event.traceparent for event in batch.events),
+            attributes={
+                "outbox.target": target,
+                "outbox.first_seq": batch.events[0].seq,
+                "outbox.last_seq": batch.events[-1].seq,
+            },
+        ):
+            return await self._push_batch(target, batch)
+
+    async def _push_batch(self, target: str, batch: EventBatch) -> PushResult:
         publisher = self._publishers.get(target)
         if publisher is not None:
             try:
@@ -528,4 +561,9 @@ class OutboxRelay:
                 max(0.0, destination.retry_at - self._monotonic()), 3
             ),
             "parked": int(parked),
+            "acknowledged_age_seconds": (
+                round(now - destination.acknowledged_at, 3)
+                if destination.acknowledged_at is not None
+                else None
+            ),
         }

@@ -68,6 +68,7 @@ async def _create_session(
         preview_seconds=0.0 if free else float(item.preview_seconds),
     )
     token = encode_playback_token(claims, origin.keys.current)
+    origin.counters.count_session(viewer.viewer_id, content_id, not claims.entitled)
     edge = origin.settings.edge_public_url.rstrip("/")
     entry = f"{content_id}/{quote(item.entry)}"
     if transport == "path":

@@ -162,7 +162,7 @@ async def create_purchase(request: Request) -> Response:
         assessment = await _assess(request, origin, viewer, content_id, payment_method)
         challenged = assessment is not None and assessment.challenges
         try:
-            purchase_id, _ = await origin.saga.start(
+            purchase_id, created = await origin.saga.start(
                 PurchaseRequest(
                     viewer_id=viewer.viewer_id,
                     content_id=content_id,
@@ -179,6 +179,8 @@ async def create_purchase(request: Request) -> Response:
             raise Problem(problems.UNPROCESSABLE, str(exc)) from None
         if assessment is not None:
             await origin.risk.attach_purchase(assessment.assessment_id, purchase_id)
+        if created:
+            origin.counters.count_purchase(viewer.viewer_id, content_id)
         purchase = await _owned_purchase(origin, viewer, purchase_id)
         return _purchase_response(purchase, 201)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from origin.counters import OriginCounters
 from origin.keyring import KeyRing
 from origin.outbox import OutboxRelay
 from origin.providers import PaymentProvider, SandboxProvider
@@ -36,3 +37,4 @@ class Origin:
     # Set by create_app, once the master key is known.
     risk: RiskEngine = field(init=False)
     risk_context: RequestContext = field(init=False)
+    counters: OriginCounters = field(default_factory=OriginCounters)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry import trace
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,6 +36,7 @@ from origin import purchase_records as records
 from origin.providers import PaymentIntent
 from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings
+from origin.state import Origin
 from origin.store import (
     purchases,
     webhook_dead_letters,
@@ -53,9 +56,12 @@ from origin.webhook_signatures import (
     verify,
 )
 from shared import problems
+from shared.logs import redactor
 from shared.problems import Problem
+from shared.tracing import TRACEPARENT, span_from
 
 logger = logging.getLogger("segmentgate.origin.webhooks")
+tracer = trace.get_tracer("segmentgate.origin")
 
 CORRELATION_HEADER = "Segmentgate-Correlation-Id"
 PENDING = "pending"
@@ -132,6 +138,9 @@ class WebhookProcessor:
         for row in rows:
             merged.setdefault(row.provider, []).append(decrypt(row.secret))
         self.secrets = {provider: tuple(values) for provider, values in merged.items()}
+        redactor.add_secrets(
+            secret for values in self.secrets.values() for secret in values
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -422,13 +431,49 @@ async def _bury(
         )
 
 
+def _metadata_traceparent(body: bytes) -> str:
+    """Return ``data.object.metadata.traceparent`` of an event body, or ``""``."""
+    try:
+        metadata = json.loads(body)["data"]["object"]["metadata"]
+        return str(metadata.get("traceparent", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ""
+
+
 async def receive_webhook(request: Request) -> Response:
-    processor: WebhookProcessor = request.app.state.webhooks
-    provider = request.path_params["provider"]
+    """Verify, store and process one delivery.
+
+    A delivery without a ``traceparent`` header is processed in the trace
+    that the payment intent's metadata names, when the provider returns it
+    (Stripe does), linked to the delivery's own request span.
+    """
     # NOTE: bodies over MAX_BODY_BYTES (64 KiB) are rejected with 413, and
     # the provider retries such a delivery until it gives up.
     body = await read_body(request)
-    delivery = processor.verify(provider, body, request.headers)
+    traceparent = ""
+    if TRACEPARENT not in request.headers:
+        traceparent = _metadata_traceparent(body)
+    with span_from(
+        tracer,
+        "webhook delivery",
+        traceparent,
+        links=[trace.Link(trace.get_current_span().get_span_context())],
+    ):
+        return await _receive_webhook(request, body)
+
+
+async def _receive_webhook(request: Request, body: bytes) -> Response:
+    processor: WebhookProcessor = request.app.state.webhooks
+    provider = request.path_params["provider"]
+    try:
+        delivery = processor.verify(provider, body, request.headers)
+    except Problem as exc:
+        # Any path segment reaches here: an unknown provider gets one label,
+        # so made-up names cannot grow the metric without bound.
+        label = provider if provider in processor.secrets else "unknown"
+        origin: Origin = request.app.state.origin
+        origin.counters.count_webhook_failure(label, exc.problem_type.slug)
+        raise
     try:
         event = parse_event(body, delivery.message_id)
     except InvalidEvent as exc:

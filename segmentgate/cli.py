@@ -20,6 +20,7 @@ from segmentgate.risk_cli import add_commands as add_risk_commands
 from segmentgate.risk_cli import run as run_risk_command
 from segmentgate.serving import start_server
 from segmentgate.stack import Stack
+from shared.logs import LEVEL_VARIABLE, configure_logging
 
 BUNDLED_MEDIA = Path(__file__).resolve().parent.parent / "media"
 
@@ -97,6 +98,7 @@ segmentgate demo is running.
   origin  {origin}   (catalog: {origin}/v1/catalog)
   edge    {edge}   (health: {edge}/_edge/healthz)
   admin token: {stack.admin_token}
+  status page: {origin}/status#token={stack.admin_token}
 
 A demo viewer and a preview session of "sample" are ready:
 
@@ -203,11 +205,11 @@ async def _run_one(command: str, bind: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("segmentgate.edge.access").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()
+    if not os.environ.get(LEVEL_VARIABLE):
+        # One line per media request or origin call is too much by default.
+        logging.getLogger("segmentgate.edge.access").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "demo":
         if not (args.media / "sample" / "master.m3u8").is_file():
             print(f"error: no sample/master.m3u8 under {args.media}; pass --media DIR")

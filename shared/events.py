@@ -11,6 +11,9 @@ Event types and the fields they use:
   ``content_id`` and the entitlement's ``version``;
 * ``policy.changed`` and ``content.withdrawn``: ``content_id``;
 * ``key.rotated`` and ``key.revoked``: ``kid``, the key concerned.
+
+Every event may carry ``traceparent``, the W3C trace context of the request
+that committed it, so an edge applies it inside that request's trace.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class EntitlementEvent:
     version: int
     occurred_at: float
     kid: str = ""
+    traceparent: str = ""
 
     @property
     def granted(self) -> bool:
@@ -74,6 +78,7 @@ class EntitlementEvent:
                 version=int(data["version"]),
                 occurred_at=float(data["occurred_at"]),
                 kid=str(data.get("kid", "")),
+                traceparent=str(data.get("traceparent", ""))[:128],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"event is malformed: {exc}") from None

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 import respx
+from opentelemetry import trace
 
 from origin.invariants import check_invariants
 from origin.providers import (
@@ -41,6 +42,7 @@ from origin.providers.base import (
 )
 from origin.providers.stripe import parse_intent
 from origin.risk import RiskPolicy
+from shared.tracing import configure_tracing, current_traceparent
 from tests.saga_harness import (
     FAST_CALLS,
     FakeClock,
@@ -165,6 +167,24 @@ async def test_create_intent_sends_manual_capture(
     assert "confirm" not in fields
     assert intent.status == "requires_confirmation"
     assert intent.amount == 499
+
+
+@respx.mock(base_url=API, assert_all_called=True)
+async def test_create_intent_carries_trace(
+    respx_mock: respx.MockRouter, stripe: StripeProvider
+) -> None:
+    route = respx_mock.post("/v1/payment_intents").respond(200, json=payment_intent())
+    configure_tracing("none")
+    tracer = trace.get_tracer("segmentgate.test")
+    with tracer.start_as_current_span("purchase"):
+        expected = current_traceparent()
+        await stripe.create_intent(INTENT_REQUEST, "pur_test:payment_intent:1")
+    sent = route.calls.last.request
+
+    assert expected.startswith("00-")
+    assert sent.headers["traceparent"] == expected
+    # Stripe returns metadata in webhook events, so the webhook joins the trace.
+    assert form(sent)["metadata[traceparent]"] == [expected]
 
 
 @respx.mock(base_url=API, assert_all_called=True)

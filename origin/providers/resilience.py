@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import stamina
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from origin.providers.base import (
     OPERATIONS,
@@ -41,6 +43,7 @@ from origin.providers.base import (
 logger = logging.getLogger("segmentgate.origin.providers")
 
 T = TypeVar("T")
+tracer = trace.get_tracer("segmentgate.origin")
 
 CLOSED = "closed"
 OPEN = "open"
@@ -222,6 +225,14 @@ class ResilientProvider:
         await self.provider.aclose()
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        with tracer.start_as_current_span(
+            f"payment {operation}",
+            kind=SpanKind.CLIENT,
+            attributes={"payment.provider": self.name},
+        ):
+            return await self._retried(operation, call)
+
+    async def _retried(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         breaker = self.breakers[operation]
         timeout = self.policy.timeouts[operation]
 

@@ -39,6 +39,7 @@ from origin.providers.base import (
     UnknownPaymentMethod,
     to_minor_units,
 )
+from shared.tracing import current_traceparent, inject_traceparent
 
 API_URL = "https://api.stripe.com"
 # The API version that the response shapes parsed here were written against.
@@ -82,6 +83,7 @@ class StripeProvider:
                 "Authorization": f"Bearer {api_key}",
                 "Stripe-Version": api_version,
             },
+            event_hooks={"request": [inject_traceparent]},
         )
 
     async def create_intent(
@@ -95,6 +97,11 @@ class StripeProvider:
             "capture_method": "manual",
             "metadata[purchase_id]": request.purchase_id,
         }
+        # Stripe returns metadata in webhook events, so the trace of the
+        # purchase reaches the webhook that reports on it.
+        traceparent = current_traceparent()
+        if traceparent:
+            form["metadata[traceparent]"] = traceparent
         if request.description:
             form["description"] = request.description
         if request.request_three_d_secure:
