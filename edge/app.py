@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge.access_log import AccessLogMiddleware
+from edge.authorize import authorize
 from edge.entitlements import NEVER_ENTITLED, EntitlementCache, EntitlementState
 from edge.events import EventFollower, InvalidEventBatch
 from edge.gate import Access, Credentials, Gate
@@ -344,6 +345,7 @@ def create_app(settings: EdgeSettings) -> Starlette:
     routes = [
         Route("/_edge/healthz", healthz, methods=["GET"]),
         Route("/_edge/events", receive_events, methods=["POST"]),
+        Route("/_edge/authorize", authorize, methods=["GET", "HEAD"]),
         # "anypath" also matches control characters, which the path check
         # rejects with a problem instead of the router's plain 404.
         Route("/{path:anypath}", media, methods=["GET", "HEAD"]),
