@@ -133,6 +133,9 @@ class Gate:
             claims, scope, range_bound = await self._verify_uri_token(
                 token, path, credentials.range, policy
             )
+            # The verified token carries the session part that the signer
+            # would encode again from these claims.
+            session_part = token.split(".", 2)[1]
         else:
             session_token = token or credentials.bearer or credentials.path
             if session_token is None:
@@ -144,9 +147,10 @@ class Gate:
             claims = await self._verify_playback_token(session_token)
             scope = self._session_scope(claims, path, policy)
             range_bound = False
+            session_part = self._signer.session_part(claims)
         if claims.content_id != content_id:
             raise Problem(WRONG_CONTENT, f"token is not valid for '{content_id}'")
-        return Access(claims, scope, self._signer.session_part(claims), range_bound)
+        return Access(claims, scope, session_part, range_bound)
 
     def _check_shape(self, token: str) -> None:
         if len(token) > self._max_token_bytes:
