@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -125,21 +126,31 @@ class FileUpstream:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
-    def _file(self, path: str) -> Path:
-        # The path was checked already; resolving also catches symlinks that
-        # lead out of the content item's directory.
-        content_root = (self.root / path.split("/", 1)[0]).resolve()
-        target = (self.root / path).resolve()
-        if not target.is_relative_to(content_root) or not target.is_file():
+    def _file(self, path: str) -> tuple[str, os.stat_result]:
+        """Return the real path of a media file and its stat result.
+
+        The path was checked already; resolving also catches symlinks that
+        lead out of the content item's directory. The stat runs on the event
+        loop: a thread hop costs more than a stat of a local file.
+        """
+        content_root = os.path.realpath(self.root / path.split("/", 1)[0])
+        target = os.path.realpath(self.root / path)
+        if not target.startswith(content_root + os.sep):
             raise Problem(NOT_FOUND, f"no media at /{path}")
-        return target
+        try:
+            stat_result = os.stat(target)
+        except OSError:
+            raise Problem(NOT_FOUND, f"no media at /{path}") from None
+        if not stat.S_ISREG(stat_result.st_mode):
+            raise Problem(NOT_FOUND, f"no media at /{path}")
+        return target, stat_result
 
     async def playlist_chunks(
         self, path: str, directives: dict[str, str]
     ) -> AsyncIterator[bytes]:
         # A file is a finished playlist: LL-HLS delivery directives, which ask
         # a live packager to block or to send a delta, do not apply.
-        target = self._file(path)
+        target, _ = self._file(path)
         async with await anyio.open_file(target, "rb") as handle:
             while chunk := await handle.read(CHUNK_SIZE):
                 yield chunk
@@ -153,9 +164,12 @@ class FileUpstream:
         is dropped: a stale validator would otherwise widen the range to the
         whole file.
         """
-        target = self._file(path)
+        target, stat_result = self._file(path)
         response = FileResponse(
-            target, media_type=media_type_for(path), headers=MEDIA_CACHE_HEADERS
+            target,
+            media_type=media_type_for(path),
+            headers=MEDIA_CACHE_HEADERS,
+            stat_result=stat_result,
         )
         range_header = request.headers.get("range")
         if range_header is None:
@@ -164,7 +178,7 @@ class FileUpstream:
         if ranges is None:
             # RFC 9110 section 14.2: a server ignores a Range it cannot parse.
             return _WithoutHeaders(response, {b"range", b"if-range"})
-        size = target.stat().st_size
+        size = stat_result.st_size
         if not any(_satisfiable(first, last, size) for first, last in ranges):
             raise Problem(
                 RANGE_NOT_SATISFIABLE,
