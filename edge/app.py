@@ -38,7 +38,13 @@ from edge.policies import ContentUnavailable, PolicyCache
 from edge.revalidating import Missing, RevalidatingCache
 from edge.rewriter import InvalidPlaylist, PlaylistRewriter, PlaylistTooLarge
 from edge.settings import EdgeSettings
-from edge.upstream import FileUpstream, HttpUpstream, Upstream, is_playlist
+from edge.upstream import (
+    FileUpstream,
+    HttpUpstream,
+    MemoryFiles,
+    Upstream,
+    is_playlist,
+)
 from edge.uri_tokens import UriSigner
 from shared import problems
 from shared.events import EVENTS_MEDIA_TYPE
@@ -113,7 +119,12 @@ class Edge:
             self.upstream = HttpUpstream(settings.upstream_url)
         else:
             assert settings.media_root is not None  # EdgeSettings requires one
-            self.upstream = FileUpstream(settings.media_root)
+            memory = None
+            if settings.memory_cache_bytes:
+                memory = MemoryFiles(
+                    settings.memory_cache_bytes, settings.memory_cache_file_bytes
+                )
+            self.upstream = FileUpstream(settings.media_root, memory)
 
     async def _fetch_jwks(self) -> dict[str, Any]:
         response = await self.link.get("/.well-known/jwks.json")

@@ -63,6 +63,10 @@ class EdgeSettings:
     policy_stale_ttl: float = 3600.0
     policy_negative_ttl: float = 5.0
     max_token_lifetime: float = MAX_TOKEN_LIFETIME
+    # Whole media files up to memory_cache_file_bytes are sent from memory,
+    # up to memory_cache_bytes in all; 0 sends every file from disk.
+    memory_cache_bytes: int = 64 * 1024 * 1024
+    memory_cache_file_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         minimum_ttl = self.max_token_lifetime + self.renewal_seconds + 60
@@ -72,6 +76,10 @@ class EdgeSettings:
             raise ValueError(
                 f"entitlement_ttl must be at least {minimum_ttl:g} seconds "
                 "(max_token_lifetime + renewal_seconds + 60)"
+            )
+        if self.memory_cache_bytes < 0 or self.memory_cache_file_bytes < 0:
+            raise ValueError(
+                "memory_cache_bytes and memory_cache_file_bytes must be 0 or more"
             )
         if self.media_root is None and self.upstream_url is None:
             raise ValueError("set media_root or upstream_url")
@@ -93,6 +101,9 @@ class EdgeSettings:
             uri_secrets=decode_secrets(env.get("SEGMENTGATE_EDGE_URI_SECRETS", "")),
             origin_token=env.get("SEGMENTGATE_EDGE_ORIGIN_TOKEN", ""),
             grace_period=float(env.get("SEGMENTGATE_EDGE_GRACE_SECONDS", "900")),
+            memory_cache_bytes=int(
+                env.get("SEGMENTGATE_EDGE_MEMORY_CACHE_BYTES", str(64 * 1024 * 1024))
+            ),
             extra_hosts=frozenset(
                 host.strip().lower()
                 for host in env.get("SEGMENTGATE_EDGE_EXTRA_HOSTS", "").split(",")

@@ -7,15 +7,18 @@ bytes without loading a segment into memory, and honour ``Range`` and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
 from collections.abc import AsyncIterator
+from email.utils import formatdate
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 import httpx
+from cachetools import LRUCache
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -120,11 +123,57 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
-class FileUpstream:
-    """Media under a local directory, ``{root}/{content_id}/...``."""
+class MemoryFiles:
+    """Whole media files kept in memory, checked against a fresh stat.
 
-    def __init__(self, root: Path) -> None:
+    A file is read once, in a worker thread, and served from memory until
+    its size or modification time changes. ``max_bytes`` bounds the total
+    (least recently used files go first) and ``max_file_bytes`` each file.
+    """
+
+    def __init__(self, max_bytes: int, max_file_bytes: int) -> None:
+        self._max_file_bytes = min(max_file_bytes, max_bytes)
+        self._files: LRUCache[str, tuple[tuple[int, int], bytes]] = LRUCache(
+            maxsize=max(max_bytes, 1), getsizeof=lambda entry: len(entry[1]) or 1
+        )
+
+    async def read(self, target: str, stat_result: os.stat_result) -> bytes | None:
+        """Return the file's bytes, or None when it is too large to keep."""
+        if stat_result.st_size > self._max_file_bytes:
+            return None
+        version = (stat_result.st_mtime_ns, stat_result.st_size)
+        entry = self._files.get(target)
+        if entry is not None and entry[0] == version:
+            return entry[1]
+        data = await anyio.Path(target).read_bytes()
+        if len(data) != stat_result.st_size:
+            # The file changed while it was read: serve it from disk instead.
+            return None
+        self._files[target] = (version, data)
+        return data
+
+
+def _stat_headers(stat_result: os.stat_result) -> dict[str, str]:
+    # The same ETag and Last-Modified as Starlette's FileResponse (1.x), so
+    # a validator stays valid whichever way the file was sent.
+    tag = f"{stat_result.st_mtime}-{stat_result.st_size}".encode()
+    return {
+        "accept-ranges": "bytes",
+        "etag": f'"{hashlib.md5(tag, usedforsecurity=False).hexdigest()}"',
+        "last-modified": formatdate(stat_result.st_mtime, usegmt=True),
+    }
+
+
+class FileUpstream:
+    """Media under a local directory, ``{root}/{content_id}/...``.
+
+    With ``memory`` a GET of a whole file that fits is sent from memory;
+    ranges, HEAD and larger files are sent by FileResponse from disk.
+    """
+
+    def __init__(self, root: Path, memory: MemoryFiles | None = None) -> None:
         self.root = root.resolve()
+        self.memory = memory
 
     def _file(self, path: str) -> tuple[str, os.stat_result]:
         """Return the real path of a media file and its stat result.
@@ -165,13 +214,19 @@ class FileUpstream:
         whole file.
         """
         target, stat_result = self._file(path)
+        range_header = request.headers.get("range")
+        whole_get = range_header is None and request.method == "GET"
+        if self.memory is not None and whole_get:
+            data = await self.memory.read(target, stat_result)
+            if data is not None:
+                headers = {**MEDIA_CACHE_HEADERS, **_stat_headers(stat_result)}
+                return Response(data, media_type=media_type_for(path), headers=headers)
         response = FileResponse(
             target,
             media_type=media_type_for(path),
             headers=MEDIA_CACHE_HEADERS,
             stat_result=stat_result,
         )
-        range_header = request.headers.get("range")
         if range_header is None:
             return response
         ranges = parse_byte_ranges(range_header)
