@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from edge import EdgeSettings
 from edge import create_app as create_edge
+from edge.upstream import FileUpstream, MemoryFiles
 from origin import OriginSettings
 from origin import create_app as create_origin
 
@@ -30,11 +31,7 @@ def origin() -> Starlette:
 
 
 def plain() -> Starlette:
-    """Serve ``BENCH_MEDIA_ROOT`` with FileResponse and no checks at all.
-
-    The baseline for gate overhead: the same server and the same response
-    class as the edge's file upstream, minus every decision.
-    """
+    """Serve ``BENCH_MEDIA_ROOT`` with Starlette's FileResponse and no checks."""
     root = Path(os.environ["BENCH_MEDIA_ROOT"]).resolve()
 
     async def serve(request: Request) -> Response:
@@ -42,6 +39,28 @@ def plain() -> Starlette:
         if not target.is_relative_to(root) or not target.is_file():
             return PlainTextResponse("not found", status_code=404)
         return FileResponse(target)
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route("/_health", health), Route("/{path:path}", serve)])
+
+
+def bare() -> Starlette:
+    """Serve ``BENCH_MEDIA_ROOT`` as the edge does, minus the gate.
+
+    The edge's own file upstream with its default memory cache, and none of
+    the edge's checks or middleware: the baseline for the gate's overhead.
+    """
+    upstream = FileUpstream(
+        Path(os.environ["BENCH_MEDIA_ROOT"]),
+        MemoryFiles(
+            EdgeSettings.memory_cache_bytes, EdgeSettings.memory_cache_file_bytes
+        ),
+    )
+
+    async def serve(request: Request) -> Response:
+        return await upstream.media_response(request.path_params["path"], request)
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok")

@@ -24,12 +24,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 from cryptography.fernet import Fernet
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -81,11 +82,24 @@ async def measure(database_url: str, args: argparse.Namespace) -> dict[str, Any]
                 answer.raise_for_status()
                 return str(answer.json()["status"])
 
+            counts: Counter[str] = Counter()
+            engine = app.state.origin.engine.sync_engine
+
+            def count_statement(*_: object) -> None:
+                counts["statements"] += 1
+
+            def count_commit(*_: object) -> None:
+                counts["commits"] += 1
+
+            event.listen(engine, "before_cursor_execute", count_statement)
+            event.listen(engine, "commit", count_commit)
             started = time.perf_counter()
             statuses = await asyncio.gather(
                 *(buy(v, m) for v, m in zip(viewers, methods, strict=True))
             )
             elapsed = time.perf_counter() - started
+            event.remove(engine, "before_cursor_execute", count_statement)
+            event.remove(engine, "commit", count_commit)
     granted = statuses.count("granted")
     return {
         "purchases": len(statuses),
@@ -94,6 +108,10 @@ async def measure(database_url: str, args: argparse.Namespace) -> dict[str, Any]
         "seconds": round(elapsed, 3),
         "granted_per_second": round(granted / elapsed, 1),
         "purchases_per_second": round(len(statuses) / elapsed, 1),
+        # Everything the origin's store did while the purchases ran, the
+        # outbox relay's reads and writes included.
+        "statements_per_purchase": round(counts["statements"] / len(statuses), 1),
+        "commits_per_purchase": round(counts["commits"] / len(statuses), 1),
     }
 
 

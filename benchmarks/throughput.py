@@ -7,9 +7,10 @@ to core 1 (taskset), on loopback. One run measures, in interleaved rounds:
 
 * nginx serving the files plainly and with ``secure_link``;
 * nginx with auth_request, asking an edge (deploy/nginx-auth-request.conf);
-* a plain Starlette ``FileResponse`` app with no checks, the edge with its
-  file upstream, and the edge proxying from nginx over HTTP, each under
-  hypercorn, uvicorn and granian.
+* a plain Starlette ``FileResponse`` app with no checks ("plain"), the
+  edge's file upstream with no gate and no middleware ("bare", the baseline
+  of the gate's overhead), the edge with its file upstream, and the edge
+  proxying from nginx over HTTP, each under hypercorn, uvicorn and granian.
 
 Segments are 200 KB; the token is a URI token from a rewritten playlist of
 a viewer who bought the content, so each request verifies an HMAC and reads
@@ -168,7 +169,8 @@ class Deployments:
             self._port(name)
         edges = [f"edge-file-{s}" for s in self.servers]
         edges += [f"edge-http-{s}" for s in self.servers]
-        for name in edges + [f"plain-{s}" for s in self.servers]:
+        baselines = [f"{kind}-{s}" for kind in ("plain", "bare") for s in self.servers]
+        for name in edges + baselines:
             self._port(name)
         self._start_origin(edges)
         auth_edge = self.url(f"edge-file-{self.auth_server}")
@@ -194,13 +196,14 @@ class Deployments:
             self._start_edge(
                 f"edge-http-{server}", server, upstream=self.url("nginx-static")
             )
-            self._start(
-                f"plain-{server}",
-                server,
-                "benchmarks.apps:plain",
-                {"BENCH_MEDIA_ROOT": str(self.media)},
-                "/_health",
-            )
+            for kind in ("plain", "bare"):
+                self._start(
+                    f"{kind}-{server}",
+                    server,
+                    f"benchmarks.apps:{kind}",
+                    {"BENCH_MEDIA_ROOT": str(self.media)},
+                    "/_health",
+                )
 
     def _start(
         self, name: str, server: str, factory: str, env: dict[str, str], health: str
@@ -304,9 +307,10 @@ def targets(run: Deployments) -> list[Target]:
         )
     )
     for server in run.servers:
-        plain = run.url(f"plain-{server}")
-        found.append(Target(f"plain-{server}", "segment", f"{plain}/{SEGMENT}"))
-        found.append(Target(f"plain-{server}", "playlist", f"{plain}/{PLAYLIST}"))
+        for baseline in ("plain", "bare"):
+            name, url = f"{baseline}-{server}", run.url(f"{baseline}-{server}")
+            found.append(Target(name, "segment", f"{url}/{SEGMENT}"))
+            found.append(Target(name, "playlist", f"{url}/{PLAYLIST}"))
         for upstream in ("file", "http"):
             edge = run.url(f"edge-{upstream}-{server}")
             query = segment_query(edge, playlist_query)
@@ -358,10 +362,12 @@ def ratios(figures: dict[str, Any], servers: list[str]) -> dict[str, float]:
     for server in servers:
         file_rate = rate("segment", f"edge-file-{server}")
         put(f"gate_overhead.segment.{server}", file_rate,
-            rate("segment", f"plain-{server}"), less=True)  # fmt: skip
+            rate("segment", f"bare-{server}"), less=True)  # fmt: skip
         put(f"gate_overhead.playlist.{server}",
             rate("playlist", f"edge-file-{server}"),
-            rate("playlist", f"plain-{server}"), less=True)  # fmt: skip
+            rate("playlist", f"bare-{server}"), less=True)  # fmt: skip
+        put(f"edge_vs_plain_file_response.segment.{server}", file_rate,
+            rate("segment", f"plain-{server}"))  # fmt: skip
         put(f"edge_vs_nginx_secure_link.{server}", file_rate, secure_link)
         put(f"proxy_vs_file.{server}",
             rate("segment", f"edge-http-{server}"), file_rate)  # fmt: skip
@@ -388,7 +394,7 @@ def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
         Path(directory).chmod(0o755)
         run = Deployments(Path(directory), servers, auth_server)
         try:
-            progress(f"starting nginx, the origin and {len(servers) * 3} app servers")
+            progress(f"starting nginx, the origin and {len(servers) * 4} app servers")
             run.start()
             samples: dict[tuple[str, str], list[WrkResult]] = {}
             for round_number in range(args.rounds):
