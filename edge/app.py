@@ -43,6 +43,7 @@ from edge.upstream import (
     HttpUpstream,
     MemoryFiles,
     Upstream,
+    UpstreamMemory,
     is_playlist,
 )
 from edge.uri_tokens import UriSigner
@@ -115,16 +116,7 @@ class Edge:
         self._sync_failures = 0
         self._sync_failure_logged = -float("inf")
         self.upstream: Upstream
-        if settings.upstream_url:
-            self.upstream = HttpUpstream(settings.upstream_url)
-        else:
-            assert settings.media_root is not None  # EdgeSettings requires one
-            memory = None
-            if settings.memory_cache_bytes:
-                memory = MemoryFiles(
-                    settings.memory_cache_bytes, settings.memory_cache_file_bytes
-                )
-            self.upstream = FileUpstream(settings.media_root, memory)
+        self.upstream = _upstream(settings)
 
     async def _fetch_jwks(self) -> dict[str, Any]:
         response = await self.link.get("/.well-known/jwks.json")
@@ -205,6 +197,19 @@ class Edge:
         await self.lookups.aclose()
         await self.upstream.aclose()
         await self.link.aclose()
+
+
+def _upstream(settings: EdgeSettings) -> Upstream:
+    size, file_size = settings.memory_cache_bytes, settings.memory_cache_file_bytes
+    if settings.upstream_url:
+        memory = None
+        if size:
+            memory = UpstreamMemory(size, file_size, settings.memory_cache_seconds)
+        return HttpUpstream(settings.upstream_url, memory=memory)
+    assert settings.media_root is not None  # EdgeSettings requires one
+    return FileUpstream(
+        settings.media_root, MemoryFiles(size, file_size) if size else None
+    )
 
 
 def _playlist_authorizer(request: Request, edge: Edge, access: Access, content_id: str):

@@ -67,6 +67,9 @@ class EdgeSettings:
     # up to memory_cache_bytes in all; 0 sends every file from disk.
     memory_cache_bytes: int = 64 * 1024 * 1024
     memory_cache_file_bytes: int = 4 * 1024 * 1024
+    # Files of a media_root are checked by a stat on every request; bytes
+    # from an upstream_url are kept this many seconds without asking it.
+    memory_cache_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         minimum_ttl = self.max_token_lifetime + self.renewal_seconds + 60

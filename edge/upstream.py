@@ -18,7 +18,7 @@ from typing import Protocol
 
 import anyio
 import httpx
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -246,13 +246,48 @@ class FileUpstream:
         return None
 
 
-class HttpUpstream:
-    """Media behind an HTTP origin, ``{base_url}/{content_id}/...``."""
+class UpstreamMemory:
+    """Whole responses of an HTTP upstream kept in memory for ``ttl`` seconds.
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    Segments, keys and init segments do not change under one URI, so the
+    bytes are not revalidated before ``ttl`` ends. ``max_bytes`` bounds the
+    total and ``max_file_bytes`` each response.
+    """
+
+    def __init__(self, max_bytes: int, max_file_bytes: int, ttl: float) -> None:
+        self.max_file_bytes = min(max_file_bytes, max_bytes)
+        self._responses: TTLCache[str, tuple[dict[str, str], bytes]] = TTLCache(
+            maxsize=max(max_bytes, 1),
+            ttl=ttl,
+            getsizeof=lambda entry: len(entry[1]) or 1,
+        )
+
+    def get(self, path: str) -> tuple[dict[str, str], bytes] | None:
+        return self._responses.get(path)
+
+    def put(self, path: str, headers: dict[str, str], body: bytes) -> None:
+        if len(body) <= self.max_file_bytes:
+            self._responses[path] = (headers, body)
+
+
+# Request headers after which a response is not the whole file as it is.
+_CONDITIONAL_HEADERS = ("range", "if-range", "if-none-match", "if-modified-since")
+
+
+class HttpUpstream:
+    """Media behind an HTTP origin, ``{base_url}/{content_id}/...``.
+
+    With ``memory`` a GET of a whole file that fits is kept and sent from
+    memory; ranges, conditional requests and HEAD always go upstream.
+    """
+
+    def __init__(
+        self, base_url: str, timeout: float = 10.0, memory: UpstreamMemory | None = None
+    ) -> None:
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout, follow_redirects=False
         )
+        self.memory = memory
 
     async def _open(
         self,
@@ -294,6 +329,14 @@ class HttpUpstream:
     async def media_response(
         self, path: str, request: Request, *, range_bound: bool = False
     ) -> Response:
+        memory = self.memory
+        whole_get = request.method == "GET" and not any(
+            name in request.headers for name in _CONDITIONAL_HEADERS
+        )
+        if memory is not None and whole_get:
+            cached = memory.get(path)
+            if cached is not None:
+                return Response(cached[1], headers=cached[0])
         # A range-bound grant drops If-Range, which could widen the range.
         names = ["range", "if-none-match", "if-modified-since"]
         if not range_bound:
@@ -309,6 +352,18 @@ class HttpUpstream:
         }
         headers.setdefault("content-type", media_type_for(path))
         headers.update(MEDIA_CACHE_HEADERS)
+        length = response.headers.get("content-length", "")
+        if (
+            memory is not None
+            and whole_get
+            and response.status_code == 200
+            and length.isdigit()
+            and int(length) <= memory.max_file_bytes
+        ):
+            body = await _read_raw(response)
+            if len(body) == int(length):
+                memory.put(path, headers, body)
+            return Response(body, headers=headers)
         return StreamingResponse(
             response.aiter_raw(),
             status_code=response.status_code,
@@ -318,3 +373,13 @@ class HttpUpstream:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+async def _read_raw(response: httpx.Response) -> bytes:
+    # Raw bytes, as the streaming path sends them: no content decoding.
+    try:
+        return b"".join([chunk async for chunk in response.aiter_raw()])
+    except httpx.HTTPError as exc:
+        raise Problem(UPSTREAM_UNAVAILABLE, f"media upstream failed: {exc}") from exc
+    finally:
+        await response.aclose()
