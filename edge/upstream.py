@@ -167,8 +167,8 @@ def _stat_headers(stat_result: os.stat_result) -> dict[str, str]:
 class FileUpstream:
     """Media under a local directory, ``{root}/{content_id}/...``.
 
-    With ``memory`` a GET of a whole file that fits is sent from memory;
-    ranges, HEAD and larger files are sent by FileResponse from disk.
+    With ``memory`` playlists and GETs of whole files that fit are read from
+    memory; ranges, HEAD and larger files are sent by FileResponse from disk.
     """
 
     def __init__(self, root: Path, memory: MemoryFiles | None = None) -> None:
@@ -199,7 +199,12 @@ class FileUpstream:
     ) -> AsyncIterator[bytes]:
         # A file is a finished playlist: LL-HLS delivery directives, which ask
         # a live packager to block or to send a delta, do not apply.
-        target, _ = self._file(path)
+        target, stat_result = self._file(path)
+        if self.memory is not None:
+            data = await self.memory.read(target, stat_result)
+            if data is not None:
+                yield data
+                return
         async with await anyio.open_file(target, "rb") as handle:
             while chunk := await handle.read(CHUNK_SIZE):
                 yield chunk

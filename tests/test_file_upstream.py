@@ -126,3 +126,18 @@ async def test_large_file_not_kept(media_root: Path) -> None:
         response = await client.get("/film/seg_000.ts")
         assert response.content == SEGMENT
     assert await memory.read(target, os.stat(target)) is None
+
+
+async def test_live_playlist_read_again(media_root: Path, memory: MemoryFiles) -> None:
+    upstream = FileUpstream(media_root, memory)
+    playlist = media_root / "film" / "index.m3u8"
+    playlist.write_bytes(b"#EXTM3U\n#EXTINF:2,\nseg_000.ts\n")
+    first = b"".join([chunk async for chunk in upstream.playlist_chunks(
+        "film/index.m3u8", {})])  # fmt: skip
+    playlist.write_bytes(b"#EXTM3U\n#EXTINF:2,\nseg_000.ts\n#EXTINF:2,\nseg_001.ts\n")
+    stat_result = playlist.stat()
+    os.utime(playlist, ns=(stat_result.st_atime_ns, stat_result.st_mtime_ns + 10**9))
+    second = b"".join([chunk async for chunk in upstream.playlist_chunks(
+        "film/index.m3u8", {})])  # fmt: skip
+    assert first.endswith(b"seg_000.ts\n")
+    assert second.endswith(b"seg_001.ts\n")
