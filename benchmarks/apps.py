@@ -17,7 +17,6 @@ from starlette.routing import Route
 
 from edge import EdgeSettings
 from edge import create_app as create_edge
-from edge.upstream import FileUpstream, MemoryFiles
 from origin import OriginSettings
 from origin import create_app as create_origin
 
@@ -52,6 +51,9 @@ def bare() -> Starlette:
     The edge's own file upstream with its default memory cache, and none of
     the edge's checks or middleware: the baseline for the gate's overhead.
     """
+    # Imported here so the other factories also run against older edges.
+    from edge.upstream import FileUpstream, MemoryFiles
+
     upstream = FileUpstream(
         Path(os.environ["BENCH_MEDIA_ROOT"]),
         MemoryFiles(
