@@ -91,7 +91,7 @@ PARTS: dict[str, Part] = {
     "surge": Part(
         surge.add_arguments,
         surge.measure,
-        {"rate": 5, "seconds": 1, "watchers": 4},
+        {"rates": [5.0], "seconds": 1, "watchers": 4},
     ),
     "purchases": Part(
         _purchase_arguments, _run_purchases, {"purchases": 6, "concurrency": 2}
@@ -123,7 +123,8 @@ def _part_arguments(name: str, quick: bool, overrides: list[str]) -> argparse.Na
             raise SystemExit(f"--set {override}: {name} has no option {option!r}")
         current = getattr(args, option)
         if isinstance(current, list):
-            setattr(args, option, value.split(","))
+            item_type = type(current[0]) if current else str
+            setattr(args, option, [item_type(item) for item in value.split(",")])
         else:
             setattr(args, option, type(current)(value))
     return args
@@ -135,10 +136,7 @@ def _draw(results: dict[str, Any], directory: Path, progress: Progress) -> None:
         drawn = plots.throughput(results["throughput"], directory / "throughput.png")
         progress(f"drew {drawn}")
     if "surge" in results:
-        figures = results["surge"]
-        drawn = plots.latency(
-            figures["unlock_ms"], figures["revoke_ms"], directory / "surge.png"
-        )
+        drawn = plots.latency(results["surge"]["by_rate"], directory / "surge.png")
         progress(f"drew {drawn}")
 
 
@@ -202,7 +200,8 @@ def main() -> None:
         _draw(results, plot_directory, progress)
     if "surge" in results:
         # The distributions are in the plot; the JSON line keeps the figures.
-        del results["surge"]["unlock_ms"], results["surge"]["revoke_ms"]
+        for figures in results["surge"]["by_rate"].values():
+            del figures["unlock_ms"], figures["revoke_ms"]
     results["skipped"] = skipped
     results["machine"] = _machine()
     print(json.dumps(results), flush=True)

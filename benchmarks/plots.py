@@ -53,23 +53,26 @@ def throughput(figures: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def latency(unlock_ms: list[float], revoke_ms: list[float], path: Path) -> Path:
-    """Draw the distribution of unlock and revoke latency as empirical CDFs."""
-    fig, axis = plt.subplots(figsize=(8, 5))
-    for label, values in (("purchase to first unlocked segment", unlock_ms),
-                          ("refund to first refused segment", revoke_ms)):  # fmt: skip
-        if not values:
-            continue
-        ordered = sorted(values)
-        fractions = [(index + 1) / len(ordered) for index in range(len(ordered))]
-        axis.step(ordered, fractions, where="post", label=f"{label} (n={len(ordered)})")
-    axis.set_xlabel("milliseconds")
-    axis.set_ylabel("share of viewers")
+def latency(by_rate: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Draw unlock and revoke latency of each surge rate as empirical CDFs."""
+    fig, axis = plt.subplots(figsize=(9, 5.5))
+    for rate, figures in by_rate.items():
+        for label, key, style in (("unlock", "unlock_ms", "-"),
+                                  ("revoke", "revoke_ms", "--")):  # fmt: skip
+            values = sorted(figures[key])
+            if not values:
+                continue
+            shares = [(index + 1) / len(values) for index in range(len(values))]
+            axis.step(values, shares, style, where="post",
+                      label=f"{label} at {rate}/s (n={len(values)})")  # fmt: skip
+    axis.set_xlabel("milliseconds from purchase (or refund) request")
+    axis.set_ylabel("share of buyers")
     axis.set_xscale("log")
     axis.axhline(0.99, color="grey", linestyle=":", linewidth=1)
+    axis.axvline(500, color="red", linestyle=":", linewidth=1)
     axis.grid(alpha=0.3)
     axis.legend()
-    axis.set_title("Unlock and revoke latency under a purchase surge")
+    axis.set_title("Purchase to first unlocked segment, refund to first refusal")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 import tempfile
 import time
@@ -121,10 +122,39 @@ async def _viewer(client: httpx.AsyncClient) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['viewer_token']}"}
 
 
+def sqlite_commit_ms(directory: Path, commits: int = 200) -> float:
+    """Return the mean time of one small committed write, in milliseconds.
+
+    The same pragmas as the origin's store (WAL, SQLite's default
+    synchronous=FULL), on the same file system as the benchmark's database:
+    each commit waits for the write-ahead log to reach the disk.
+    """
+    connection = sqlite3.connect(directory / "commit.db", isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE t (n INTEGER)")
+        started = time.perf_counter()
+        for number in range(commits):
+            connection.execute("BEGIN")
+            connection.execute("INSERT INTO t VALUES (?)", (number,))
+            connection.execute("COMMIT")
+        return (time.perf_counter() - started) / commits * 1000
+    finally:
+        connection.close()
+
+
 async def run_sqlite(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="segmentgate-bench-") as directory:
         url = f"sqlite+aiosqlite:///{Path(directory) / 'origin.db'}"
-        return await measure(url, args)
+        figures = await measure(url, args)
+        commit_ms = sqlite_commit_ms(Path(directory))
+    figures["commit_ms"] = round(commit_ms, 3)
+    # One writer commits one transaction at a time: the purchases a second
+    # that the disk allows, whatever the CPU does.
+    figures["purchases_per_second_commit_bound"] = round(
+        1000 / (commit_ms * figures["commits_per_purchase"]), 1
+    )
+    return figures
 
 
 async def run_postgres(args: argparse.Namespace) -> dict[str, Any]:

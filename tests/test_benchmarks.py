@@ -35,7 +35,7 @@ def test_quick_run_covers_every_part(tmp_path: Path) -> None:
     assert set(skipped) <= {"throughput"}
     assert figures["quick"] is True
 
-    surge = figures["surge"]
+    surge = figures["surge"]["by_rate"]["5"]
     assert surge["granted"] == surge["buyers"]
     assert surge["errors"] == {}
     assert surge["unlock_ms_p99"] is not None
