@@ -56,6 +56,7 @@ class Viewer:
 @dataclass
 class Tally:
     unlock_ms: list[float] = field(default_factory=list)
+    purchase_ms: list[float] = field(default_factory=list)
     revoke_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     declined: int = 0
@@ -158,6 +159,7 @@ class Surge:
         if purchase["status"] != "granted":
             self.tally.errors[f"purchase {purchase['status']}"] += 1
             return
+        self.tally.purchase_ms.append((time.monotonic() - started) * 1000)
         self.tally.granted += 1
         if not await self._wait_for(client, viewer.locked_url, 200):
             return
@@ -300,12 +302,16 @@ def _measure_rate(args: argparse.Namespace, progress: Progress) -> dict[str, Any
            for name in cpu_before}  # fmt: skip
     busiest = max(cpu, key=cpu.__getitem__)
     unlock, revoke = _summary(tally.unlock_ms), _summary(tally.revoke_ms)
+    purchase = _summary(tally.purchase_ms)
     return {
         "offered_purchases_per_second": round(buyer_count / offered, 1),
         "buyers": buyer_count,
         "watchers": args.watchers,
         "granted": tally.granted,
         "declined_then_retried": tally.declined,
+        # The purchase request alone, until the origin answered "granted".
+        "purchase_ms_p50": purchase["p50"],
+        "purchase_ms_p99": purchase["p99"],
         "unlock_ms_p50": unlock["p50"],
         "unlock_ms_p99": unlock["p99"],
         "revokes": len(tally.revoke_ms),
