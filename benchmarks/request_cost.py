@@ -3,9 +3,10 @@
     python -m benchmarks request_cost [--requests 3000] [--profile]
 
 The edge's ASGI app is called directly, with no server and no socket, next
-to the plain FileResponse app from benchmarks/apps.py for the same files,
-so the figures are the application's own cost per request and the ratio is
-the gate's overhead without a server's share. The origin runs in a child
+to the plain FileResponse app and the bare app (the edge's file upstream
+without the gate) from benchmarks/apps.py for the same files. The figures
+are each application's own cost per request, without a server's share.
+The origin runs in a child
 process; the viewer bought the content, so a segment request checks a URI
 token and a cached entitlement, and a playlist request verifies the
 session's Ed25519 JWT and rewrites the playlist. ``--profile`` prints where
@@ -31,7 +32,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from starlette.types import ASGIApp, Message
 
-from benchmarks.apps import plain
+from benchmarks.apps import bare, plain
 from benchmarks.propagation import free_port
 from benchmarks.servers import ServerProcess
 from benchmarks.throughput import (
@@ -110,7 +111,7 @@ async def _measure_with_edge(
         )
     )
     os.environ["BENCH_MEDIA_ROOT"] = str(media)
-    plain_app = plain()
+    plain_app, bare_app = plain(), bare()
     async with edge_app.router.lifespan_context(edge_app):
         _, playlist_query = await asyncio.to_thread(buyer_tokens, origin_url)
         await edge_app.state.edge.sync()
@@ -123,9 +124,14 @@ async def _measure_with_edge(
         ):
             edge_cost = await cost_per_request(edge_app, edge_target, count)
             plain_cost = await cost_per_request(plain_app, plain_target, count)
+            bare_cost = await cost_per_request(bare_app, plain_target, count)
             figures[f"{kind}_edge_us"] = round(edge_cost * 1e6, 1)
             figures[f"{kind}_plain_us"] = round(plain_cost * 1e6, 1)
+            figures[f"{kind}_bare_us"] = round(bare_cost * 1e6, 1)
             figures[f"{kind}_edge_vs_plain"] = round(edge_cost / plain_cost, 3)
+            # The gate, the middleware and the playlist rewrite, as a share
+            # of the same serving path without them.
+            figures[f"{kind}_gate_overhead"] = round(edge_cost / bare_cost - 1, 3)
             if report is not None:
                 profiler = cProfile.Profile()
                 profiler.enable()
