@@ -3,9 +3,9 @@
     python -m benchmarks [PART ...] [--quick] [--plots DIR] [--set PART.OPTION=VALUE]
 
 Parts: throughput, request_cost, surge, purchases, propagation, hot_path.
-Progress goes to stderr; the last line on stdout is one JSON object with
-every figure and ratio (ratios as fractions: 0.05 is 5%), and which parts
-were skipped and why. ``--quick`` shrinks every part to a few seconds, to
+Progress goes to stderr. The last line on stdout is one JSON object with
+every figure and ratio (ratios as fractions: 0.05 is 5%) and the parts
+that were skipped, with the reason. ``--quick`` shrinks every part to a few seconds, to
 check that the scripts run; its figures mean nothing. Plots are PNG files
 in ``--plots`` (docs/benchmarks for a full run, none in quick mode unless
 given).

@@ -7,7 +7,7 @@ their own processes, as ``segmentgate origin`` and ``segmentgate edge`` do.
 Viewers are created and open a preview beforehand. Then, for ``--seconds``,
 buyers start at each of ``--rates`` a second: a share of them is declined first and
 retries with another card. Each buyer polls a segment past the preview
-every 20 ms from the purchase request until the edge sends it; a share of
+every 20 ms from the purchase request until the edge sends it. A share of
 buyers then gets a refund and polls until the segment is refused again.
 Watchers and unlocked buyers keep fetching a segment every 2 seconds, as
 players do. The CPU time of the origin, the edge and this load generator
