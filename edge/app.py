@@ -115,8 +115,7 @@ class Edge:
         )
         self._sync_failures = 0
         self._sync_failure_logged = -float("inf")
-        self.upstream: Upstream
-        self.upstream = _upstream(settings)
+        self.upstream: Upstream = _upstream(settings)
 
     async def _fetch_jwks(self) -> dict[str, Any]:
         response = await self.link.get("/.well-known/jwks.json")
