@@ -1,9 +1,9 @@
 """The decision endpoint for nginx ``auth_request``: decide, serve nothing.
 
-In this deployment nginx serves the media files itself and asks the edge
-about each segment, key and init segment first, with a subrequest to
-``/_edge/authorize`` that carries the original request's headers and its
-target in ``X-Original-URI``. The edge runs the same gate as on a request it
+In this deployment nginx serves the media files itself. Before it sends a
+segment, key or init segment, it sends a subrequest to
+``/_edge/authorize`` with the original request's headers and its target in
+``X-Original-URI``. The edge runs the same gate as on a request it
 serves and returns 204 to allow. nginx turns any status other than 2xx, 401
 and 403 into a 500, so every denial is sent as 403 with the real problem
 details; nginx then passes the request to the edge, which sends the real
@@ -54,7 +54,7 @@ async def _decide(request: Request) -> None:
     content_id, rest = split_media_path(path)
     if is_playlist(rest):
         raise Problem(
-            problems.FORBIDDEN, "playlists are rewritten by the edge; proxy them to it"
+            problems.FORBIDDEN, "the edge rewrites playlists, so proxy them to it"
         )
     authorization = request.headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")

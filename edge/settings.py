@@ -64,11 +64,11 @@ class EdgeSettings:
     policy_negative_ttl: float = 5.0
     max_token_lifetime: float = MAX_TOKEN_LIFETIME
     # Whole media files up to memory_cache_file_bytes are sent from memory,
-    # up to memory_cache_bytes in all; 0 sends every file from disk.
+    # up to memory_cache_bytes in all. With 0, every file is sent from disk.
     memory_cache_bytes: int = 64 * 1024 * 1024
     memory_cache_file_bytes: int = 4 * 1024 * 1024
-    # Files of a media_root are checked by a stat on every request; bytes
-    # from an upstream_url are kept this many seconds without asking it.
+    # Files of a media_root are checked by a stat on every request. Bytes
+    # from an upstream_url are kept this many seconds without a new request.
     memory_cache_seconds: float = 300.0
 
     def __post_init__(self) -> None:

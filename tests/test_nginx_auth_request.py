@@ -156,3 +156,25 @@ def test_dot_segments_rejected(nginx_url: str) -> None:
     status, body = raw_get(nginx_url, b"/sample/v180/../v180/seg_000.ts?sg=x.y.z.w")
     assert status == 400
     assert b"invalid-path" in body
+
+
+def test_authorize_denials_sent_as_403(stack: RunningStack, viewer: Viewer) -> None:
+    # nginx turns any subrequest status but 2xx, 401 and 403 into a 500, so
+    # the endpoint sends 403 and names the real status in a header.
+    url = f"{stack.stack.edge_url}/_edge/authorize"
+    playlist = urlsplit(str(viewer.session()["playlist_url"]))
+    missing = httpx.get(url)
+    rewritten_only = httpx.get(
+        url, headers={"X-Original-URI": f"{playlist.path}?{playlist.query}"}
+    )
+    past_preview = httpx.get(
+        url, headers={"X-Original-URI": f"/sample/v180/{SEGMENT_PAST_PREVIEW}"}
+    )
+    assert missing.status_code == 403
+    assert missing.headers["segmentgate-decision-status"] == "400"
+    assert missing.json()["type"].endswith("invalid-request")
+    assert rewritten_only.status_code == 403
+    assert rewritten_only.headers["segmentgate-decision-status"] == "403"
+    assert past_preview.status_code == 403
+    assert past_preview.headers["segmentgate-decision-status"] == "401"
+    assert past_preview.json()["type"].endswith("token-missing")
