@@ -1,5 +1,5 @@
 # Two entry points: `make demo` and `make test`. Both create .venv when it is
-# missing and install the project into it.
+# missing and install the project into it. `make bench` runs the benchmarks.
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,12 +15,12 @@ WORKERD_DIR := tests/workerd
 # The Pact library reports usage to its vendor unless told not to.
 export PACT_DO_NOT_TRACK := true
 
-.PHONY: demo test contract lint tools storefront media clean
+.PHONY: demo test contract lint tools storefront bench-tools bench media clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
 # System tools the tests drive as real clients: ffmpeg, Chromium and hls.js.
@@ -61,10 +61,27 @@ $(WORKERD_DIR)/node_modules/.package-lock.json: $(WORKERD_DIR)/package-lock.json
 	  cd $(WORKERD_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm is missing, so workerd cannot be installed: the Worker smoke test will be skipped"; fi
 
+# nginx (with secure_link and auth_request) and wrk, for the throughput
+# benchmark; without them that part is skipped and says which is missing.
+bench-tools:
+	@for tool in nginx wrk; do \
+	  if ! command -v $$tool >/dev/null && [ ! -x /usr/sbin/$$tool ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      export DEBIAN_FRONTEND=noninteractive; \
+	      apt-get install -y --no-install-recommends $$tool >/dev/null || \
+	        { apt-get update >/dev/null && apt-get install -y --no-install-recommends $$tool >/dev/null; }; \
+	    else echo "$$tool is missing and cannot be installed here: the throughput benchmark will be skipped"; fi; \
+	  fi; \
+	done
+
+# Every benchmark; the figures and plots go to docs/benchmarks.md's sources.
+bench: $(STAMP) bench-tools
+	$(BIN)/python -m benchmarks
+
 demo: $(STAMP) storefront
 	$(BIN)/segmentgate demo
 
-test: $(STAMP) tools contract
+test: $(STAMP) tools bench-tools contract
 	$(BIN)/python -m pytest
 
 # The API spec's lint and its breaking changes against the released spec.

@@ -84,8 +84,10 @@ async def decisions_per_second(edge_app, count: int = 20_000) -> tuple[float, fl
     return gate_rate, hmac_rate
 
 
-async def origin_requests_per_10k(edge_app, playlist_url: str) -> int:
-    """Play one viewer's segment 10,000 times; count the edge's origin calls."""
+async def origin_requests_per_10k(
+    edge_app, playlist_url: str, requests: int = 10_000
+) -> float:
+    """Play one viewer's segment ``requests`` times; count origin calls per 10k."""
     edge = edge_app.state.edge
     transport = httpx.ASGITransport(app=edge_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
@@ -99,15 +101,18 @@ async def origin_requests_per_10k(edge_app, playlist_url: str) -> int:
         )
         url = str(media.url.join(segment))
         before = edge.link.requests.copy()
-        for _ in range(10_000):
+        for _ in range(requests):
             response = await client.get(url, headers={"Range": "bytes=0-187"})
             assert response.status_code == 206, response.status_code
         made = edge.link.requests - before
         # The feed poll runs on a timer whatever the traffic; count the rest.
-        return sum(count for path, count in made.items() if path != "/v1/events")
+        calls = sum(count for path, count in made.items() if path != "/v1/events")
+        return calls * 10_000 / requests
 
 
-async def run(event_count: int, edge_count: int) -> dict[str, object]:
+async def run(
+    event_count: int, edge_count: int, segment_requests: int = 10_000
+) -> dict[str, object]:
     shutdown = asyncio.Event()
     with tempfile.TemporaryDirectory(prefix="segmentgate-bench-") as data:
         edge_ports = [free_port() for _ in range(edge_count)]
@@ -186,7 +191,9 @@ async def run(event_count: int, edge_count: int) -> dict[str, object]:
         ]
 
         gate_rate, hmac_rate = await decisions_per_second(edge_apps[0])
-        origin_calls = await origin_requests_per_10k(edge_apps[0], playlist_url)
+        origin_calls = await origin_requests_per_10k(
+            edge_apps[0], playlist_url, segment_requests
+        )
 
         shutdown.set()
         await asyncio.gather(*servers)

@@ -20,16 +20,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 from cryptography.fernet import Fernet
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -81,11 +83,24 @@ async def measure(database_url: str, args: argparse.Namespace) -> dict[str, Any]
                 answer.raise_for_status()
                 return str(answer.json()["status"])
 
+            counts: Counter[str] = Counter()
+            engine = app.state.origin.engine.sync_engine
+
+            def count_statement(*_: object) -> None:
+                counts["statements"] += 1
+
+            def count_commit(*_: object) -> None:
+                counts["commits"] += 1
+
+            event.listen(engine, "before_cursor_execute", count_statement)
+            event.listen(engine, "commit", count_commit)
             started = time.perf_counter()
             statuses = await asyncio.gather(
                 *(buy(v, m) for v, m in zip(viewers, methods, strict=True))
             )
             elapsed = time.perf_counter() - started
+            event.remove(engine, "before_cursor_execute", count_statement)
+            event.remove(engine, "commit", count_commit)
     granted = statuses.count("granted")
     return {
         "purchases": len(statuses),
@@ -94,6 +109,10 @@ async def measure(database_url: str, args: argparse.Namespace) -> dict[str, Any]
         "seconds": round(elapsed, 3),
         "granted_per_second": round(granted / elapsed, 1),
         "purchases_per_second": round(len(statuses) / elapsed, 1),
+        # Everything the origin's store did while the purchases ran, the
+        # outbox relay's reads and writes included.
+        "statements_per_purchase": round(counts["statements"] / len(statuses), 1),
+        "commits_per_purchase": round(counts["commits"] / len(statuses), 1),
     }
 
 
@@ -103,10 +122,39 @@ async def _viewer(client: httpx.AsyncClient) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['viewer_token']}"}
 
 
+def sqlite_commit_ms(directory: Path, commits: int = 200) -> float:
+    """Return the mean time of one small committed write, in milliseconds.
+
+    The same pragmas as the origin's store (WAL, SQLite's default
+    synchronous=FULL), on the same file system as the benchmark's database:
+    each commit waits for the write-ahead log to reach the disk.
+    """
+    connection = sqlite3.connect(directory / "commit.db", isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE t (n INTEGER)")
+        started = time.perf_counter()
+        for number in range(commits):
+            connection.execute("BEGIN")
+            connection.execute("INSERT INTO t VALUES (?)", (number,))
+            connection.execute("COMMIT")
+        return (time.perf_counter() - started) / commits * 1000
+    finally:
+        connection.close()
+
+
 async def run_sqlite(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="segmentgate-bench-") as directory:
         url = f"sqlite+aiosqlite:///{Path(directory) / 'origin.db'}"
-        return await measure(url, args)
+        figures = await measure(url, args)
+        commit_ms = sqlite_commit_ms(Path(directory))
+    figures["commit_ms"] = round(commit_ms, 3)
+    # One writer commits one transaction at a time: the purchases a second
+    # that the disk allows, whatever the CPU does.
+    figures["purchases_per_second_commit_bound"] = round(
+        1000 / (commit_ms * figures["commits_per_purchase"]), 1
+    )
+    return figures
 
 
 async def run_postgres(args: argparse.Namespace) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge.access_log import AccessLogMiddleware
+from edge.authorize import authorize
 from edge.entitlements import NEVER_ENTITLED, EntitlementCache, EntitlementState
 from edge.events import EventFollower, InvalidEventBatch
 from edge.gate import Access, Credentials, Gate
@@ -41,7 +42,14 @@ from edge.policies import ContentUnavailable, PolicyCache
 from edge.revalidating import Missing, RevalidatingCache
 from edge.rewriter import InvalidPlaylist, PlaylistRewriter, PlaylistTooLarge
 from edge.settings import EdgeSettings
-from edge.upstream import FileUpstream, HttpUpstream, Upstream, is_playlist
+from edge.upstream import (
+    FileUpstream,
+    HttpUpstream,
+    MemoryFiles,
+    Upstream,
+    UpstreamMemory,
+    is_playlist,
+)
 from edge.uri_tokens import UriSigner
 from shared import problems
 from shared.deprecation import DeprecationMiddleware, spec_deprecations
@@ -130,12 +138,7 @@ class Edge:
             )
         self._sync_failures = 0
         self._sync_failure_logged = -float("inf")
-        self.upstream: Upstream
-        if settings.upstream_url:
-            self.upstream = HttpUpstream(settings.upstream_url, transport=transport)
-        else:
-            assert settings.media_root is not None  # EdgeSettings requires one
-            self.upstream = FileUpstream(settings.media_root)
+        self.upstream: Upstream = _upstream(settings, transport)
 
     def _metric_state(self) -> dict[str, float]:
         silence = self.link.silence()
@@ -230,6 +233,21 @@ class Edge:
         await self.lookups.aclose()
         await self.upstream.aclose()
         await self.link.aclose()
+
+
+def _upstream(
+    settings: EdgeSettings, transport: httpx.AsyncBaseTransport | None
+) -> Upstream:
+    size, file_size = settings.memory_cache_bytes, settings.memory_cache_file_bytes
+    if settings.upstream_url:
+        memory = None
+        if size:
+            memory = UpstreamMemory(size, file_size, settings.memory_cache_seconds)
+        return HttpUpstream(settings.upstream_url, transport=transport, memory=memory)
+    assert settings.media_root is not None  # EdgeSettings requires one
+    return FileUpstream(
+        settings.media_root, MemoryFiles(size, file_size) if size else None
+    )
 
 
 def _playlist_authorizer(request: Request, edge: Edge, access: Access, content_id: str):
@@ -411,6 +429,7 @@ def create_app(
         Route(
             "/_edge/metrics", metrics_endpoint(settings.metrics_token), methods=["GET"]
         ),
+        Route("/_edge/authorize", authorize, methods=["GET", "HEAD"]),
         # "anypath" also matches control characters, which the path check
         # rejects with a problem instead of the router's plain 404.
         Route("/{path:anypath}", media, methods=["GET", "HEAD"]),

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, replace
 
 import jwt
+from cachetools import LRUCache
 
 from edge.entitlements import EntitlementCache, EntitlementState
 from edge.keyset import KeySet, KeysUnavailable
@@ -51,6 +52,9 @@ from shared.tokens import ISSUER, PLAYBACK_AUDIENCE, TOKEN_PARAM, PlaybackClaims
 # Both token formats use base64url and dots only. Anything else is rejected
 # before parsing, so no decoder receives percent-encodings or control bytes.
 _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_\-.]+")
+# Verified playback tokens kept, for players that send the token with every
+# request (bearer header or path prefix) and for playlist reloads.
+VERIFIED_TOKENS = 8192
 # The scope of a request opened by a playback token rather than a URI token.
 SCOPE_SESSION = "session"
 
@@ -116,6 +120,12 @@ class Gate:
         self._max_token_bytes = max_token_bytes
         self._renewal = renewal_seconds
         self._max_lifetime = max_token_lifetime
+        # Playback tokens already verified, with the key object that verified
+        # them: a hit skips parsing and the Ed25519 check, but only while that
+        # same key is still loaded and the token has not expired.
+        self._verified: LRUCache[str, tuple[PlaybackClaims, jwt.PyJWK]] = LRUCache(
+            maxsize=VERIFIED_TOKENS
+        )
 
     async def check(
         self, credentials: Credentials, content_id: str, path: str
@@ -133,6 +143,9 @@ class Gate:
             claims, scope, range_bound = await self._verify_uri_token(
                 token, path, credentials.range, policy
             )
+            # The verified token carries the session part that the signer
+            # would encode again from these claims.
+            session_part = token.split(".", 2)[1]
         else:
             session_token = token or credentials.bearer or credentials.path
             if session_token is None:
@@ -144,9 +157,10 @@ class Gate:
             claims = await self._verify_playback_token(session_token)
             scope = self._session_scope(claims, path, policy)
             range_bound = False
+            session_part = self._signer.session_part(claims)
         if claims.content_id != content_id:
             raise Problem(WRONG_CONTENT, f"token is not valid for '{content_id}'")
-        return Access(claims, scope, self._signer.session_part(claims), range_bound)
+        return Access(claims, scope, session_part, range_bound)
 
     def _check_shape(self, token: str) -> None:
         if len(token) > self._max_token_bytes:
@@ -200,6 +214,13 @@ class Gate:
         )
 
     async def _verify_playback_token(self, token: str) -> PlaybackClaims:
+        cached = self._verified.get(token)
+        if cached is not None:
+            claims, key = cached
+            fresh = time.time() < claims.expires_at + self._leeway
+            if fresh and self._keys.loaded(claims.key_id) is key:
+                return claims
+            del self._verified[token]
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
@@ -246,6 +267,7 @@ class Gate:
                 TOKEN_INVALID,
                 f"playback token lives longer than {self._max_lifetime:g} seconds",
             )
+        self._verified[token] = (claims, key)
         return claims
 
     async def _verify_uri_token(

@@ -101,6 +101,10 @@ class KeySet:
                 raise KeysUnavailable(str(exc)) from exc
         return self._keys.get(kid)
 
+    def loaded(self, kid: str) -> jwt.PyJWK | None:
+        """Return the key for ``kid`` if it is loaded now, without fetching."""
+        return self._keys.get(kid)
+
     def remove(self, kid: str) -> None:
         """Stop accepting ``kid`` at once, and every session it opened."""
         self._keys.pop(kid, None)

@@ -77,6 +77,13 @@ class EdgeSettings:
     edge_id: str = ""
     nats_stream: str = "SEGMENTGATE_EVENTS"
     nats_subject_prefix: str = "segmentgate.events"
+    # Whole media files up to memory_cache_file_bytes are sent from memory,
+    # up to memory_cache_bytes in all. With 0, every file is sent from disk.
+    memory_cache_bytes: int = 64 * 1024 * 1024
+    memory_cache_file_bytes: int = 4 * 1024 * 1024
+    # Files of a media_root are checked by a stat on every request. Bytes
+    # from an upstream_url are kept this many seconds without a new request.
+    memory_cache_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         minimum_ttl = self.max_token_lifetime + self.renewal_seconds + 60
@@ -91,6 +98,10 @@ class EdgeSettings:
             raise ValueError(
                 f"edge_id {self.edge_id!r} is not a valid JetStream consumer "
                 "name: set SEGMENTGATE_EDGE_ID to letters, digits, '-' or '_'"
+            )
+        if self.memory_cache_bytes < 0 or self.memory_cache_file_bytes < 0:
+            raise ValueError(
+                "memory_cache_bytes and memory_cache_file_bytes must be 0 or more"
             )
         if self.media_root is None and self.upstream_url is None:
             raise ValueError("set media_root or upstream_url")
@@ -122,6 +133,9 @@ class EdgeSettings:
             nats_stream=env.get("SEGMENTGATE_EDGE_NATS_STREAM", cls.nats_stream),
             nats_subject_prefix=env.get(
                 "SEGMENTGATE_EDGE_NATS_SUBJECT_PREFIX", cls.nats_subject_prefix
+            ),
+            memory_cache_bytes=int(
+                env.get("SEGMENTGATE_EDGE_MEMORY_CACHE_BYTES", str(64 * 1024 * 1024))
             ),
             extra_hosts=frozenset(
                 host.strip().lower()

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from itsdangerous import Signer
 
 from edge.uri_tokens import InvalidUriToken, UriSigner
 from shared.tokens import PlaybackClaims
@@ -91,3 +93,25 @@ def test_only_the_canonical_signature_verifies() -> None:
     with pytest.raises(InvalidUriToken):
         signer.verify(f"{head}.{signature[:-1]}{twin}", "/sample/master.m3u8")
     assert signer.verify(token, "/sample/master.m3u8").claims == CLAIMS
+
+
+def test_signature_unchanged_by_key_caching() -> None:
+    # Edges of one fleet may run different versions during a rollout: tokens
+    # must keep itsdangerous's HMAC-derived signature for every secret.
+    secrets = [b"o" * 32, b"n" * 32]
+    signer = UriSigner(secrets)
+    claims = PlaybackClaims("ps_key", "film", "vr_key", 2_000_000_000, False, 0, 10.0)
+    signed = f"1.{signer.session_part(claims)}.s0"
+    path = "/film/seg_000.ts"
+    for count in range(1, len(secrets) + 1):
+        reference = Signer(
+            secrets[:count],
+            salt="segmentgate.uri-token",
+            sep=".",
+            key_derivation="hmac",
+            digest_method=hashlib.sha256,
+        )
+        signature = reference.get_signature(signed + "\n" + path).decode()
+        token = f"{signed}.{signature}"
+        assert signer.verify(token, path).start_ms == 0
+    assert signer.mint(signer.session_part(claims), "s0", path) == token
