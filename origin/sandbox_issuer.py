@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from origin.providers.base import from_minor_units
 from origin.providers.sandbox import (
     AuthenticationClosed,
     AuthenticationNotFound,
@@ -80,13 +81,13 @@ async def show_authentication(request: Request) -> Response:
         intent = _sandbox(origin).describe_authentication(authentication_id)
     except AuthenticationNotFound as exc:
         raise Problem(problems.NOT_FOUND, str(exc)) from None
-    amount = intent["amount"] / 100
     currency = html.escape(intent["currency"].upper())
+    amount = from_minor_units(intent["amount"], currency)
     if intent.get("authentication_result") is not None:
         result = html.escape(intent["authentication_result"])
         return _page(f"<p>This authentication is already {result}.</p>")
     return _page(
-        f"<p>Confirm the payment of <strong>{amount:.2f} {currency}</strong> "
+        f"<p>Confirm the payment of <strong>{amount} {currency}</strong> "
         "with your card ending in 3184.</p>"
         '<form method="post">'
         '<button class="approve" name="result" value="approve">'

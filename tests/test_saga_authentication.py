@@ -19,6 +19,7 @@ import pytest
 
 from origin.providers import PaymentIntent, SandboxProvider
 from tests.saga_harness import (
+    ADMIN_TOKEN,
     RunningOrigin,
     assert_consistent,
     buy,
@@ -289,3 +290,32 @@ async def test_issuer_page_absent_without_sandbox(world: World) -> None:
         response = await running.client.get("/v1/sandbox/authentications/sa_x")
         assert response.status_code == 404
         assert "another payment provider" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [("500", "JPY", "500 JPY"), ("12.50", "KWD", "12.500 KWD")],
+)
+async def test_issuer_page_amount_in_currency_units(
+    world: World, amount: str, currency: str, shown: str
+) -> None:
+    async with world.origin() as running:
+        response = await running.client.put(
+            "/v1/admin/content/film",
+            json={
+                "title": "Film",
+                "entry": "master.m3u8",
+                "policy": {
+                    "kind": "purchase",
+                    "price": {"amount": amount, "currency": currency},
+                },
+            },
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert response.status_code in (200, 201), response.text
+        viewer = await new_viewer(running.client)
+        bought = await buy(running.client, viewer, CARD)
+        assert bought.status_code == 202, bought.text
+        page = await running.client.get(bought.json()["next_action"]["url"])
+        assert page.status_code == 200
+        assert f"<strong>{shown}</strong>" in page.text
