@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from origin.providers.base import from_minor_units
+from origin.providers.base import REQUIRES_ACTION, from_minor_units
 from origin.providers.sandbox import (
     AuthenticationClosed,
     AuthenticationNotFound,
@@ -86,6 +86,11 @@ async def show_authentication(request: Request) -> Response:
     if intent.get("authentication_result") is not None:
         result = html.escape(intent["authentication_result"])
         return _page(f"<p>This authentication is already {result}.</p>")
+    if intent["status"] != REQUIRES_ACTION:
+        # The purchase stopped waiting (canceled or voided after its
+        # deadline), so an answer could no longer change it.
+        status = html.escape(intent["status"])
+        return _page(f"<p>This authentication is closed: the payment is {status}.</p>")
     return _page(
         f"<p>Confirm the payment of <strong>{amount} {currency}</strong> "
         "with your card ending in 3184.</p>"

@@ -319,3 +319,15 @@ async def test_issuer_page_amount_in_currency_units(
         page = await running.client.get(bought.json()["next_action"]["url"])
         assert page.status_code == 200
         assert f"<strong>{shown}</strong>" in page.text
+
+
+async def test_issuer_page_closed_after_cancel(world: World) -> None:
+    async with world.origin() as running:
+        viewer, purchase_id, url = await start_waiting(running)
+        response = await refund(running.client, viewer, purchase_id)
+        assert response.json()["status"] == "canceled"
+        page = await running.client.get(url)
+        assert page.status_code == 200
+        assert "<form" not in page.text
+        assert "closed" in page.text
+        assert "canceled" in page.text
