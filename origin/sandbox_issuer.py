@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import logging
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import select
 from starlette.requests import Request
@@ -34,6 +34,9 @@ from shared.problems import Problem
 logger = logging.getLogger("segmentgate.origin.sandbox_issuer")
 
 RESULTS = {"approve": True, "fail": False}
+# Sec-Fetch-Site values of a request that the page itself, or the viewer
+# typing the URL, sent.
+OWN_FETCH_SITES = frozenset({"same-origin", "none"})
 # The page is shown in the storefront's frame, so it may be framed by the
 # origin itself and nothing else.
 HEADERS = {
@@ -88,7 +91,7 @@ async def show_authentication(request: Request) -> Response:
         return _page(f"<p>This authentication is already {result}.</p>")
     if intent["status"] != REQUIRES_ACTION:
         # The purchase stopped waiting (canceled or voided after its
-        # deadline), so an answer could no longer change it.
+        # deadline), so a result could no longer change it.
         status = html.escape(intent["status"])
         return _page(f"<p>This authentication is closed: the payment is {status}.</p>")
     return _page(
@@ -102,10 +105,39 @@ async def show_authentication(request: Request) -> Response:
     )
 
 
+def _reject_cross_site(request: Request) -> None:
+    """Raise 403 for a result that another site's page posted (CSRF).
+
+    Browsers name the sending site in ``Sec-Fetch-Site`` and ``Origin``. A
+    client that sends neither, such as curl, is let through.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    sender = request.headers.get("origin")
+    foreign = fetch_site is not None and fetch_site not in OWN_FETCH_SITES
+    if sender is not None and urlsplit(sender).netloc != request.url.netloc:
+        foreign = True
+    if not foreign:
+        return
+    # The authentication id is not logged because anyone who has it can
+    # approve the payment.
+    logger.warning(
+        "rejected a sandbox authentication result posted from another site "
+        "(Origin %r, Sec-Fetch-Site %r)",
+        sender,
+        fetch_site,
+    )
+    raise Problem(
+        problems.FORBIDDEN,
+        "the result was posted from another site's page, so it was rejected: "
+        "approve or fail on the issuer's page itself",
+    )
+
+
 async def complete_authentication(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     sandbox = _sandbox(origin)
     authentication_id = request.path_params["authentication_id"]
+    _reject_cross_site(request)
     form = parse_qs((await read_body(request)).decode("utf-8", "replace"))
     choice = (form.get("result") or [""])[0]
     if choice not in RESULTS:

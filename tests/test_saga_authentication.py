@@ -331,3 +331,43 @@ async def test_issuer_page_closed_after_cancel(world: World) -> None:
         assert "<form" not in page.text
         assert "closed" in page.text
         assert "canceled" in page.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://shop.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+    ],
+)
+async def test_issuer_answer_rejects_cross_site_post(
+    world: World, headers: dict[str, str]
+) -> None:
+    async with world.origin() as running:
+        _, purchase_id, url = await start_waiting(running)
+        forged = await running.client.post(
+            url,
+            content="result=approve",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                **headers,
+            },
+        )
+        assert forged.status_code == 403, forged.text
+        assert forged.json()["type"] == "urn:segmentgate:problem:forbidden"
+        assert await status_of(running.engine, purchase_id) == "requires_action"
+
+        own = await running.client.post(
+            url,
+            content="result=approve",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Origin": "http://127.0.0.1",
+                "Sec-Fetch-Site": "same-origin",
+            },
+        )
+        assert own.status_code == 200, own.text
+        assert await status_of(running.engine, purchase_id) == "granted"
+        await assert_consistent(running.engine, world.sandbox)
