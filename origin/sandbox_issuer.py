@@ -108,14 +108,17 @@ async def show_authentication(request: Request) -> Response:
 def _reject_cross_site(request: Request) -> None:
     """Raise 403 for a result that another site's page posted (CSRF).
 
-    Browsers name the sending site in ``Sec-Fetch-Site`` and ``Origin``. A
-    client that sends neither, such as curl, is let through.
+    Browsers name the sending site in ``Sec-Fetch-Site``, and older ones
+    only in ``Origin``. A client that sends neither, such as curl, is let
+    through.
     """
     fetch_site = request.headers.get("sec-fetch-site")
     sender = request.headers.get("origin")
-    foreign = fetch_site is not None and fetch_site not in OWN_FETCH_SITES
-    if sender is not None and urlsplit(sender).netloc != request.url.netloc:
-        foreign = True
+    if fetch_site is not None:
+        # The browser's own verdict, right behind a proxy that rewrites Host.
+        foreign = fetch_site not in OWN_FETCH_SITES
+    else:
+        foreign = sender is not None and urlsplit(sender).netloc != request.url.netloc
     if not foreign:
         return
     # The authentication id is not logged because anyone who has it can

@@ -371,3 +371,21 @@ async def test_issuer_answer_rejects_cross_site_post(
         assert own.status_code == 200, own.text
         assert await status_of(running.engine, purchase_id) == "granted"
         await assert_consistent(running.engine, world.sandbox)
+
+
+async def test_issuer_answer_behind_host_rewriting_proxy(world: World) -> None:
+    async with world.origin() as running:
+        _, purchase_id, url = await start_waiting(running)
+        # The browser's Origin names the public host, which differs from the
+        # Host header that a proxy set; Sec-Fetch-Site decides.
+        own = await running.client.post(
+            url,
+            content="result=approve",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Origin": "https://films.example",
+                "Sec-Fetch-Site": "same-origin",
+            },
+        )
+        assert own.status_code == 200, own.text
+        assert await status_of(running.engine, purchase_id) == "granted"
