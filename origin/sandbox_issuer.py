@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import logging
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import select
@@ -77,6 +78,22 @@ def _page(body: str, status_code: int = 200) -> Response:
     )
 
 
+def _closed_page(intent: dict[str, Any], status_code: int) -> Response | None:
+    """Return the page of an authentication that takes no result, if it is one."""
+    if intent.get("authentication_result") is not None:
+        result = html.escape(intent["authentication_result"])
+        return _page(f"<p>This authentication is already {result}.</p>", status_code)
+    if intent["status"] != REQUIRES_ACTION:
+        # The purchase stopped waiting (canceled or voided after its
+        # deadline), so a result could no longer change it.
+        status = html.escape(intent["status"])
+        return _page(
+            f"<p>This authentication is closed: the payment is {status}.</p>",
+            status_code,
+        )
+    return None
+
+
 async def show_authentication(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     authentication_id = request.path_params["authentication_id"]
@@ -84,16 +101,11 @@ async def show_authentication(request: Request) -> Response:
         intent = _sandbox(origin).describe_authentication(authentication_id)
     except AuthenticationNotFound as exc:
         raise Problem(problems.NOT_FOUND, str(exc)) from None
+    closed = _closed_page(intent, 200)
+    if closed is not None:
+        return closed
     currency = html.escape(intent["currency"].upper())
     amount = from_minor_units(intent["amount"], currency)
-    if intent.get("authentication_result") is not None:
-        result = html.escape(intent["authentication_result"])
-        return _page(f"<p>This authentication is already {result}.</p>")
-    if intent["status"] != REQUIRES_ACTION:
-        # The purchase stopped waiting (canceled or voided after its
-        # deadline), so a result could no longer change it.
-        status = html.escape(intent["status"])
-        return _page(f"<p>This authentication is closed: the payment is {status}.</p>")
     return _page(
         f"<p>Confirm the payment of <strong>{amount} {currency}</strong> "
         "with your card ending in 3184.</p>"
@@ -152,6 +164,14 @@ async def complete_authentication(request: Request) -> Response:
     except AuthenticationNotFound as exc:
         raise Problem(problems.NOT_FOUND, str(exc)) from None
     except AuthenticationClosed as exc:
+        # A browser posted the form of a page loaded before the purchase
+        # stopped waiting, so it gets the closed page, not a JSON problem.
+        if "text/html" in request.headers.get("accept", ""):
+            closed = _closed_page(
+                sandbox.describe_authentication(authentication_id), 409
+            )
+            if closed is not None:
+                return closed
         raise Problem(problems.CONFLICT, str(exc), result=exc.result) from None
     async with origin.engine.connect() as connection:
         purchase_id = (

@@ -389,3 +389,24 @@ async def test_issuer_answer_behind_host_rewriting_proxy(world: World) -> None:
         )
         assert own.status_code == 200, own.text
         assert await status_of(running.engine, purchase_id) == "granted"
+
+
+async def test_stale_issuer_form_shows_closed_page(world: World) -> None:
+    async with world.origin() as running:
+        viewer, purchase_id, url = await start_waiting(running)
+        await refund(running.client, viewer, purchase_id)
+        # The form's page was loaded before the purchase was canceled.
+        late = await running.client.post(
+            url,
+            content="result=approve",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+            },
+        )
+        assert late.status_code == 409
+        assert late.headers["content-type"].startswith("text/html")
+        assert "closed" in late.text
+        assert "canceled" in late.text
+        assert "<form" not in late.text
+        assert await status_of(running.engine, purchase_id) == "canceled"
