@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from origin.providers import PaymentIntent, SandboxProvider
+from origin.settings import OriginSettings
 from tests.saga_harness import (
     ADMIN_TOKEN,
     RunningOrigin,
@@ -410,3 +411,23 @@ async def test_stale_issuer_form_shows_closed_page(world: World) -> None:
         assert "canceled" in late.text
         assert "<form" not in late.text
         assert await status_of(running.engine, purchase_id) == "canceled"
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("SEGMENTGATE_SAGA_ACTION_POLL_SECONDS", "0"),
+        ("SEGMENTGATE_SAGA_ACTION_SECONDS", "0"),
+        ("SEGMENTGATE_SAGA_LEASE_SECONDS", "0"),
+        ("SEGMENTGATE_SAGA_ACTION_POLL_SECONDS", "nan"),
+        ("SEGMENTGATE_SAGA_ACTION_SECONDS", "inf"),
+    ],
+)
+def test_saga_timing_settings_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch, name: str, text: str
+) -> None:
+    # A poll interval of 0 made a waiting purchase's run call itself again
+    # at once, until the purchase request failed with RecursionError.
+    monkeypatch.setenv(name, text)
+    with pytest.raises(ValueError, match=name):
+        OriginSettings.from_env()
