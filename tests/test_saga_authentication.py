@@ -431,3 +431,17 @@ def test_saga_timing_settings_must_be_positive(
     monkeypatch.setenv(name, text)
     with pytest.raises(ValueError, match=name):
         OriginSettings.from_env()
+
+
+async def test_second_purchase_names_waiting_one(world: World) -> None:
+    async with world.origin() as running:
+        viewer, purchase_id, _ = await start_waiting(running)
+        second = await buy(running.client, viewer, "pm_card_visa")
+        assert second.status_code == 409, second.text
+        # The viewer can find, answer or cancel the purchase that blocks.
+        assert second.json()["purchase_id"] == purchase_id
+
+        other = await new_viewer(running.client)
+        own = await buy(running.client, other, CARD)
+        assert own.status_code == 202, own.text
+        assert own.json()["purchase_id"] != purchase_id
