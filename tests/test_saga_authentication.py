@@ -445,3 +445,16 @@ async def test_second_purchase_names_waiting_one(world: World) -> None:
         own = await buy(running.client, other, CARD)
         assert own.status_code == 202, own.text
         assert own.json()["purchase_id"] != purchase_id
+
+
+async def test_issuer_page_not_found_bounds_echo(world: World) -> None:
+    async with world.origin() as running:
+        long_id = "sa_" + "x" * 5000
+        for response in (
+            await running.client.get(f"/v1/sandbox/authentications/{long_id}"),
+            await answer(
+                running.client, f"/v1/sandbox/authentications/{long_id}", "approve"
+            ),
+        ):
+            assert response.status_code == 404
+            assert len(response.json()["detail"]) < 200
