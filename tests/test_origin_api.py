@@ -69,6 +69,15 @@ def test_admin_routes_need_the_admin_token(
                 "price": {"amount": "1.00", "currency": "euro"},
             },
         },
+        # JPY has no minor unit, so no provider could charge 4.99 JPY.
+        {
+            "title": "X",
+            "entry": "master.m3u8",
+            "policy": {
+                "kind": "purchase",
+                "price": {"amount": "4.99", "currency": "JPY"},
+            },
+        },
         {"title": "", "entry": "master.m3u8", "policy": {"kind": "free"}},
         {"entry": "master.m3u8", "policy": {"kind": "free"}},
         [],
