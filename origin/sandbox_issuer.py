@@ -127,7 +127,8 @@ def _reject_cross_site(request: Request) -> None:
     fetch_site = request.headers.get("sec-fetch-site")
     sender = request.headers.get("origin")
     if fetch_site is not None:
-        # The browser's own verdict, right behind a proxy that rewrites Host.
+        # The browser's own verdict, which stays correct behind a proxy
+        # that rewrites the Host header.
         foreign = fetch_site not in OWN_FETCH_SITES
     else:
         foreign = sender is not None and urlsplit(sender).netloc != request.url.netloc
