@@ -16,6 +16,7 @@ from starlette.routing import Route
 from origin.audit import record_audit
 from origin.auth import require_scope
 from origin.outbox import append_event
+from origin.providers.base import InvalidPaymentRequest, to_minor_units
 from origin.state import Origin
 from origin.store import content
 from origin.validation import (
@@ -79,6 +80,12 @@ def _read_policy(data: dict[str, Any]) -> dict[str, Any]:
             "offline": offline,
         }
     amount, currency = price_field(policy, "price")
+    # A price finer than the currency's minor unit (4.99 JPY) would make
+    # every purchase of the item fail at the payment provider.
+    try:
+        to_minor_units(amount, currency)
+    except InvalidPaymentRequest as exc:
+        raise invalid(f"'price' is not payable: {exc}", "price") from None
     preview = number_field(
         policy, "preview_seconds", default=0, minimum=0, maximum=24 * 3600
     )

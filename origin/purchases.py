@@ -174,7 +174,8 @@ async def create_purchase(request: Request) -> Response:
                 )
             )
         except PurchaseConflict as exc:
-            raise Problem(problems.CONFLICT, str(exc)) from None
+            extensions = {"purchase_id": exc.purchase_id} if exc.purchase_id else {}
+            raise Problem(problems.CONFLICT, str(exc), **extensions) from None
         except InvalidPaymentRequest as exc:
             raise Problem(problems.UNPROCESSABLE, str(exc)) from None
         if assessment is not None:

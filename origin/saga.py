@@ -67,7 +67,7 @@ from origin.providers.base import (
     SUCCEEDED,
 )
 from origin.purchase_records import Purchase
-from origin.store import content, purchases
+from origin.store import ACTIVE_STATUSES, content, purchases
 
 logger = logging.getLogger("segmentgate.origin.saga")
 
@@ -79,7 +79,15 @@ Action = Callable[[Purchase, str], Awaitable[bool]]
 
 
 class PurchaseConflict(Exception):
-    """Raised when the viewer already has an active purchase of the content."""
+    """Raised when the viewer already has an active purchase of the content.
+
+    ``purchase_id`` names that purchase, or is None when it ended before it
+    could be read.
+    """
+
+    def __init__(self, message: str, purchase_id: str | None) -> None:
+        super().__init__(message)
+        self.purchase_id = purchase_id
 
 
 @dataclass(frozen=True)
@@ -169,10 +177,12 @@ class PurchaseSaga:
                 existing = await records.find_purchase_by_request(
                     connection, request.viewer_id, request.idempotency_key
                 )
+                active = await _active_purchase_id(connection, request)
             if existing is not None:
                 return existing.purchase_id, False
             raise PurchaseConflict(
-                f"a purchase of '{request.content_id}' is already running or granted"
+                f"a purchase of '{request.content_id}' is already running or granted",
+                active,
             ) from None
         await self._shielded(self._drive(purchase_id, owner))
         return purchase_id, True
@@ -1279,6 +1289,20 @@ class PurchaseSaga:
                 continue
             if not renewed:
                 return
+
+
+async def _active_purchase_id(
+    connection: AsyncConnection, request: PurchaseRequest
+) -> str | None:
+    return (
+        await connection.execute(
+            select(purchases.c.purchase_id).where(
+                purchases.c.viewer_id == request.viewer_id,
+                purchases.c.content_id == request.content_id,
+                purchases.c.status.in_(ACTIVE_STATUSES),
+            )
+        )
+    ).scalar()
 
 
 def _new_owner() -> str:

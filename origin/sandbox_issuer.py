@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import html
 import logging
-from urllib.parse import parse_qs
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from origin.providers.base import REQUIRES_ACTION, from_minor_units
 from origin.providers.sandbox import (
     AuthenticationClosed,
     AuthenticationNotFound,
@@ -33,6 +35,9 @@ from shared.problems import Problem
 logger = logging.getLogger("segmentgate.origin.sandbox_issuer")
 
 RESULTS = {"approve": True, "fail": False}
+# Sec-Fetch-Site values of a request that the page itself, or the viewer
+# typing the URL, sent.
+OWN_FETCH_SITES = frozenset({"same-origin", "none"})
 # The page is shown in the storefront's frame, so it may be framed by the
 # origin itself and nothing else.
 HEADERS = {
@@ -73,6 +78,22 @@ def _page(body: str, status_code: int = 200) -> Response:
     )
 
 
+def _closed_page(intent: dict[str, Any], status_code: int) -> Response | None:
+    """Return the page of an authentication that takes no result, if it is one."""
+    if intent.get("authentication_result") is not None:
+        result = html.escape(intent["authentication_result"])
+        return _page(f"<p>This authentication is already {result}.</p>", status_code)
+    if intent["status"] != REQUIRES_ACTION:
+        # The purchase stopped waiting (canceled or voided after its
+        # deadline), so a result could no longer change it.
+        status = html.escape(intent["status"])
+        return _page(
+            f"<p>This authentication is closed: the payment is {status}.</p>",
+            status_code,
+        )
+    return None
+
+
 async def show_authentication(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     authentication_id = request.path_params["authentication_id"]
@@ -80,13 +101,13 @@ async def show_authentication(request: Request) -> Response:
         intent = _sandbox(origin).describe_authentication(authentication_id)
     except AuthenticationNotFound as exc:
         raise Problem(problems.NOT_FOUND, str(exc)) from None
-    amount = intent["amount"] / 100
+    closed = _closed_page(intent, 200)
+    if closed is not None:
+        return closed
     currency = html.escape(intent["currency"].upper())
-    if intent.get("authentication_result") is not None:
-        result = html.escape(intent["authentication_result"])
-        return _page(f"<p>This authentication is already {result}.</p>")
+    amount = from_minor_units(intent["amount"], currency)
     return _page(
-        f"<p>Confirm the payment of <strong>{amount:.2f} {currency}</strong> "
+        f"<p>Confirm the payment of <strong>{amount} {currency}</strong> "
         "with your card ending in 3184.</p>"
         '<form method="post">'
         '<button class="approve" name="result" value="approve">'
@@ -96,10 +117,43 @@ async def show_authentication(request: Request) -> Response:
     )
 
 
+def _reject_cross_site(request: Request) -> None:
+    """Raise 403 for a result that another site's page posted (CSRF).
+
+    Browsers name the sending site in ``Sec-Fetch-Site``, and older ones
+    only in ``Origin``. A client that sends neither, such as curl, is let
+    through.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    sender = request.headers.get("origin")
+    if fetch_site is not None:
+        # The browser's own verdict, which stays correct behind a proxy
+        # that rewrites the Host header.
+        foreign = fetch_site not in OWN_FETCH_SITES
+    else:
+        foreign = sender is not None and urlsplit(sender).netloc != request.url.netloc
+    if not foreign:
+        return
+    # The authentication id is not logged because anyone who has it can
+    # approve the payment.
+    logger.warning(
+        "rejected a sandbox authentication result posted from another site "
+        "(Origin %r, Sec-Fetch-Site %r)",
+        sender,
+        fetch_site,
+    )
+    raise Problem(
+        problems.FORBIDDEN,
+        "the result was posted from another site's page, so it was rejected: "
+        "approve or fail on the issuer's page itself",
+    )
+
+
 async def complete_authentication(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     sandbox = _sandbox(origin)
     authentication_id = request.path_params["authentication_id"]
+    _reject_cross_site(request)
     form = parse_qs((await read_body(request)).decode("utf-8", "replace"))
     choice = (form.get("result") or [""])[0]
     if choice not in RESULTS:
@@ -111,6 +165,14 @@ async def complete_authentication(request: Request) -> Response:
     except AuthenticationNotFound as exc:
         raise Problem(problems.NOT_FOUND, str(exc)) from None
     except AuthenticationClosed as exc:
+        # A browser posted the form of a page loaded before the purchase
+        # stopped waiting, so it gets the closed page, not a JSON problem.
+        if "text/html" in request.headers.get("accept", ""):
+            closed = _closed_page(
+                sandbox.describe_authentication(authentication_id), 409
+            )
+            if closed is not None:
+                return closed
         raise Problem(problems.CONFLICT, str(exc), result=exc.result) from None
     async with origin.engine.connect() as connection:
         purchase_id = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -133,14 +134,16 @@ class OriginSettings:
     @classmethod
     def from_env(cls) -> OriginSettings:
         env = os.environ
+        # A saga time of 0 makes a waiting purchase due again at once, and
+        # its run then calls itself until the request fails.
         saga = SagaPolicy(
-            lease_seconds=_seconds(
+            lease_seconds=_positive_seconds(
                 env, "SEGMENTGATE_SAGA_LEASE_SECONDS", SagaPolicy.lease_seconds
             ),
-            action_seconds=_seconds(
+            action_seconds=_positive_seconds(
                 env, "SEGMENTGATE_SAGA_ACTION_SECONDS", SagaPolicy.action_seconds
             ),
-            action_poll_seconds=_seconds(
+            action_poll_seconds=_positive_seconds(
                 env,
                 "SEGMENTGATE_SAGA_ACTION_POLL_SECONDS",
                 SagaPolicy.action_poll_seconds,
@@ -197,8 +200,15 @@ def _seconds(env: os._Environ[str], name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"{name} must be a number of seconds, not {text!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, not {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite, non-negative number, not {text!r}")
+    return value
+
+
+def _positive_seconds(env: os._Environ[str], name: str, default: float) -> float:
+    value = _seconds(env, name, default)
+    if value == 0:
+        raise ValueError(f"{name} must be more than 0 seconds")
     return value
 
 

@@ -116,6 +116,12 @@ pm_card_authenticationRequired waits for 3-D Secure at next_action.url):
        -H "Content-Type: application/json" -H "Idempotency-Key: demo-1" \\
        -d '{{"content_id": "sample", "payment_method": "pm_card_visa"}}'
 
+With pm_card_authenticationRequired the purchase returns 202 "requires_action".
+Approve it on the issuer's page at its next_action.url, in a browser or with
+curl (result=fail declines it):
+
+  curl -s -X POST {origin}/v1/sandbox/authentications/sa_... -d result=approve
+
 The same URL now plays in full. Refund with the purchase_id from that response,
 and within a second the URL is a preview again:
 

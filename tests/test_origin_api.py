@@ -69,6 +69,15 @@ def test_admin_routes_need_the_admin_token(
                 "price": {"amount": "1.00", "currency": "euro"},
             },
         },
+        # JPY has no minor unit, so no provider could charge 4.99 JPY.
+        {
+            "title": "X",
+            "entry": "master.m3u8",
+            "policy": {
+                "kind": "purchase",
+                "price": {"amount": "4.99", "currency": "JPY"},
+            },
+        },
         {"title": "", "entry": "master.m3u8", "policy": {"kind": "free"}},
         {"entry": "master.m3u8", "policy": {"kind": "free"}},
         [],
@@ -250,6 +259,37 @@ def test_hostile_json_is_400(viewer: Viewer, body: bytes, slug: str) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert_problem(response, 400, slug)
+
+
+# Valid JSON whose strings no store keeps: a lone UTF-16 surrogate cannot be
+# encoded as UTF-8, and PostgreSQL's text type has no NUL character.
+@pytest.mark.parametrize("escape", ["\\ud800", "\\u0000"])
+def test_unstorable_strings_are_400(viewer: Viewer, escape: str) -> None:
+    body = '{"content_id": "sample", "payment_method": "pm_card_' + escape + '"}'
+    # The replay with the same Idempotency-Key is rejected the same way.
+    for _ in range(2):
+        response = viewer.client.post(
+            "/v1/purchases",
+            content=body.encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Idempotency-Key": f"unstorable-{escape}",
+            },
+        )
+        assert_problem(response, 400, "invalid-request")
+
+
+def test_unstorable_title_is_400(origin: httpx.Client) -> None:
+    response = origin.put(
+        "/v1/admin/content/x",
+        content=b'{"title": "X\\udfff", "entry": "master.m3u8", '
+        b'"policy": {"kind": "free"}}',
+        headers={
+            "Authorization": "Bearer test-admin-token",
+            "Content-Type": "application/json",
+        },
+    )
+    assert_problem(response, 400, "invalid-request")
 
 
 def test_other_media_types_are_415(viewer: Viewer) -> None:

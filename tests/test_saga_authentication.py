@@ -18,7 +18,9 @@ import httpx
 import pytest
 
 from origin.providers import PaymentIntent, SandboxProvider
+from origin.settings import OriginSettings
 from tests.saga_harness import (
+    ADMIN_TOKEN,
     RunningOrigin,
     assert_consistent,
     buy,
@@ -289,3 +291,170 @@ async def test_issuer_page_absent_without_sandbox(world: World) -> None:
         response = await running.client.get("/v1/sandbox/authentications/sa_x")
         assert response.status_code == 404
         assert "another payment provider" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [("500", "JPY", "500 JPY"), ("12.50", "KWD", "12.500 KWD")],
+)
+async def test_issuer_page_amount_in_currency_units(
+    world: World, amount: str, currency: str, shown: str
+) -> None:
+    async with world.origin() as running:
+        response = await running.client.put(
+            "/v1/admin/content/film",
+            json={
+                "title": "Film",
+                "entry": "master.m3u8",
+                "policy": {
+                    "kind": "purchase",
+                    "price": {"amount": amount, "currency": currency},
+                },
+            },
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert response.status_code in (200, 201), response.text
+        viewer = await new_viewer(running.client)
+        bought = await buy(running.client, viewer, CARD)
+        assert bought.status_code == 202, bought.text
+        page = await running.client.get(bought.json()["next_action"]["url"])
+        assert page.status_code == 200
+        assert f"<strong>{shown}</strong>" in page.text
+
+
+async def test_issuer_page_closed_after_cancel(world: World) -> None:
+    async with world.origin() as running:
+        viewer, purchase_id, url = await start_waiting(running)
+        response = await refund(running.client, viewer, purchase_id)
+        assert response.json()["status"] == "canceled"
+        page = await running.client.get(url)
+        assert page.status_code == 200
+        assert "<form" not in page.text
+        assert "closed" in page.text
+        assert "canceled" in page.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://shop.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+    ],
+)
+async def test_issuer_answer_rejects_cross_site_post(
+    world: World, headers: dict[str, str]
+) -> None:
+    async with world.origin() as running:
+        _, purchase_id, url = await start_waiting(running)
+        forged = await running.client.post(
+            url,
+            content="result=approve",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                **headers,
+            },
+        )
+        assert forged.status_code == 403, forged.text
+        assert forged.json()["type"] == "urn:segmentgate:problem:forbidden"
+        assert await status_of(running.engine, purchase_id) == "requires_action"
+
+        own = await running.client.post(
+            url,
+            content="result=approve",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Origin": "http://127.0.0.1",
+                "Sec-Fetch-Site": "same-origin",
+            },
+        )
+        assert own.status_code == 200, own.text
+        assert await status_of(running.engine, purchase_id) == "granted"
+        await assert_consistent(running.engine, world.sandbox)
+
+
+async def test_issuer_answer_behind_host_rewriting_proxy(world: World) -> None:
+    async with world.origin() as running:
+        _, purchase_id, url = await start_waiting(running)
+        # The browser's Origin names the public host, which differs from the
+        # Host header that a proxy set; Sec-Fetch-Site decides.
+        own = await running.client.post(
+            url,
+            content="result=approve",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Origin": "https://films.example",
+                "Sec-Fetch-Site": "same-origin",
+            },
+        )
+        assert own.status_code == 200, own.text
+        assert await status_of(running.engine, purchase_id) == "granted"
+
+
+async def test_stale_issuer_form_shows_closed_page(world: World) -> None:
+    async with world.origin() as running:
+        viewer, purchase_id, url = await start_waiting(running)
+        await refund(running.client, viewer, purchase_id)
+        # The form's page was loaded before the purchase was canceled.
+        late = await running.client.post(
+            url,
+            content="result=approve",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+            },
+        )
+        assert late.status_code == 409
+        assert late.headers["content-type"].startswith("text/html")
+        assert "closed" in late.text
+        assert "canceled" in late.text
+        assert "<form" not in late.text
+        assert await status_of(running.engine, purchase_id) == "canceled"
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("SEGMENTGATE_SAGA_ACTION_POLL_SECONDS", "0"),
+        ("SEGMENTGATE_SAGA_ACTION_SECONDS", "0"),
+        ("SEGMENTGATE_SAGA_LEASE_SECONDS", "0"),
+        ("SEGMENTGATE_SAGA_ACTION_POLL_SECONDS", "nan"),
+        ("SEGMENTGATE_SAGA_ACTION_SECONDS", "inf"),
+    ],
+)
+def test_saga_timing_settings_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch, name: str, text: str
+) -> None:
+    # A poll interval of 0 made a waiting purchase's run call itself again
+    # at once, until the purchase request failed with RecursionError.
+    monkeypatch.setenv(name, text)
+    with pytest.raises(ValueError, match=name):
+        OriginSettings.from_env()
+
+
+async def test_second_purchase_names_waiting_one(world: World) -> None:
+    async with world.origin() as running:
+        viewer, purchase_id, _ = await start_waiting(running)
+        second = await buy(running.client, viewer, "pm_card_visa")
+        assert second.status_code == 409, second.text
+        # The viewer can find, answer or cancel the purchase that blocks.
+        assert second.json()["purchase_id"] == purchase_id
+
+        other = await new_viewer(running.client)
+        own = await buy(running.client, other, CARD)
+        assert own.status_code == 202, own.text
+        assert own.json()["purchase_id"] != purchase_id
+
+
+async def test_issuer_page_not_found_bounds_echo(world: World) -> None:
+    async with world.origin() as running:
+        long_id = "sa_" + "x" * 5000
+        for response in (
+            await running.client.get(f"/v1/sandbox/authentications/{long_id}"),
+            await answer(
+                running.client, f"/v1/sandbox/authentications/{long_id}", "approve"
+            ),
+        ):
+            assert response.status_code == 404
+            assert len(response.json()["detail"]) < 200

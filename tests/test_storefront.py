@@ -483,3 +483,40 @@ def test_failed_authentication_and_cancel(journey: Journey) -> None:
     assert journey.latest_steps()[-1] == "void succeeded"
     assert page.is_visible("#buy")
     assert journey.page_errors == []
+
+
+def test_purchase_from_other_tab_is_listed(journey: Journey) -> None:
+    page = journey.page
+    journey.wait("window.storefront.events.some((e) => e.name === 'playing')", "play")
+    # Another tab of the same viewer starts a purchase that this page does
+    # not know about.
+    other = journey.js(
+        """fetch('/v1/purchases', {
+          method: 'POST',
+          headers: {
+            Authorization: `Bearer ${window.storefront.viewer.viewer_token}`,
+            'Content-Type': 'application/json',
+            'Idempotency-Key': crypto.randomUUID(),
+          },
+          body: JSON.stringify({
+            content_id: 'sample',
+            payment_method: 'pm_card_authenticationRequired',
+          }),
+        }).then((response) => response.json())"""
+    )
+    assert other["status"] == "requires_action"
+
+    journey.buy("pm_card_visa")
+    journey.wait("document.getElementById('authentication').open", "issuer page")
+    assert page.text_content("#buy-message") == (
+        "No new purchase: a purchase of 'sample' is already running or granted."
+    )
+    selector = f"#purchases article[data-purchase-id='{other['purchase_id']}']"
+    assert page.get_attribute(selector, "data-status") == "requires_action"
+
+    page.frame_locator("#authentication-frame").locator("button[value=approve]").click()
+    journey.wait(
+        f'document.querySelector("{selector}")?.dataset.status === "granted"',
+        "the other tab's purchase granted",
+    )
+    assert journey.page_errors == []

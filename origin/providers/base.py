@@ -181,25 +181,34 @@ class Refund:
     amount: int
 
 
+def currency_exponent(currency: str) -> int:
+    """Return how many decimals the currency's minor unit has (JPY 0, EUR 2)."""
+    code = currency.upper()
+    if code in ZERO_DECIMAL_CURRENCIES:
+        return 0
+    if code in THREE_DECIMAL_CURRENCIES:
+        return 3
+    return 2
+
+
 def to_minor_units(amount: Decimal, currency: str) -> int:
     """Convert ``amount`` to the currency's minor units, as Stripe's API expects.
 
     Raise :class:`InvalidPaymentRequest` when the amount has more decimals
     than the currency allows.
     """
-    code = currency.upper()
-    if code in ZERO_DECIMAL_CURRENCIES:
-        exponent = 0
-    elif code in THREE_DECIMAL_CURRENCIES:
-        exponent = 3
-    else:
-        exponent = 2
+    exponent = currency_exponent(currency)
     minor = amount.scaleb(exponent)
     if minor != minor.to_integral_value():
         raise InvalidPaymentRequest(
-            f"{amount} {code} has more than {exponent} decimals"
+            f"{amount} {currency.upper()} has more than {exponent} decimals"
         )
     return int(minor)
+
+
+def from_minor_units(minor: int, currency: str) -> Decimal:
+    """Convert an amount in the currency's minor units back to a decimal."""
+    return Decimal(minor).scaleb(-currency_exponent(currency))
 
 
 class PaymentProvider(Protocol):

@@ -386,7 +386,7 @@ class SandboxProvider:
             if intent.get("authentication_id") == authentication_id:
                 return self._load(intent["id"])
         raise AuthenticationNotFound(
-            f"no payment intent waits for authentication {authentication_id!r}"
+            f"no payment intent waits for authentication {authentication_id[:80]!r}"
         )
 
     def _expect(self, intent_id: str, *statuses: str) -> dict[str, Any]:

@@ -692,8 +692,21 @@ async function buy(event) {
   } catch (error) {
     if (error.status === 0) state.unansweredBuy = { key, contentId: item.content_id, card };
     setBuyMessage("error", purchaseErrorText(error));
+    if (error.status === 409) await trackBlocking(error.problem);
   } finally {
     button.disabled = false;
+  }
+}
+
+// A 409 names the viewer's running purchase of the title, which may have
+// started in another tab. Listing it lets the viewer authenticate or cancel it.
+async function trackBlocking(problem) {
+  const purchaseId = problem && problem.purchase_id;
+  if (typeof purchaseId !== "string" || state.purchases.has(purchaseId)) return;
+  try {
+    track((await api("GET", `/v1/purchases/${encodeURIComponent(purchaseId)}`)).data);
+  } catch (error) {
+    note("blocking-purchase-unread", { status: error.status });
   }
 }
 
