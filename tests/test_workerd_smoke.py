@@ -53,6 +53,9 @@ DEPENDENCIES = (
     "cachetools",
     "itsdangerous",
     "typing_extensions",
+    "prometheus_client",
+    "opentelemetry",
+    "yaml",
 )
 # The first start of Pyodide in workerd takes about 20 s on a 2-core machine.
 START_LIMIT = 180.0
@@ -109,12 +112,14 @@ async def on_fetch(request, env):
 def module_files(name: str) -> list[tuple[str, Path]]:
     """Return (module name in the Worker, file) for each .py of ``name``."""
     spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.origin is not None, name
+    assert spec is not None, name
     if not spec.submodule_search_locations:
+        assert spec.origin is not None, name
         return [(f"{name}.py", Path(spec.origin))]
-    root = Path(next(iter(spec.submodule_search_locations)))
+    # A namespace package (opentelemetry) may span several folders.
     return [
         (f"{name}/{path.relative_to(root).as_posix()}", path)
+        for root in map(Path, spec.submodule_search_locations)
         for path in sorted(root.rglob("*.py"))
     ]
 
