@@ -13,7 +13,7 @@ __all__ = ["EdgeSettings", "create_app"]
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so that the Worker entry (edge.worker) can load
-    # before a request: the app's modules import OpenTelemetry, which draws
+    # outside a request. The app's modules import OpenTelemetry, which draws
     # random numbers at import, and Workers have no entropy outside requests.
     if name == "create_app":
         from edge.app import create_app
