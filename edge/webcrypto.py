@@ -21,7 +21,7 @@ from jwt.utils import base64url_decode
 # WebCrypto's parameters for importKey and for verify. A JWS ES256
 # signature is r || s, the format WebCrypto's ECDSA verify takes.
 # NOTE: tests/test_workerd_smoke.py verifies EdDSA tokens only, because the
-# test origin signs with Ed25519. The ES256 path has not run in workerd.
+# test origin signs with Ed25519. No test runs the ES256 path in workerd.
 _ALGORITHMS: dict[
     str, tuple[tuple[str, ...], str, str, dict[str, str], dict[str, str]]
 ] = {
