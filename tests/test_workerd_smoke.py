@@ -371,7 +371,11 @@ def test_worker_entry_plays_segments_in_workerd(runtime: Runtime) -> None:
 
 def test_worker_entry_rejects_forged_tokens(runtime: Runtime) -> None:
     stack = runtime.stack
-    kid = origin_jwk(stack)["kid"]
+    jwk = origin_jwk(stack)
+    kid = jwk["kid"]
+    public_bytes = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+    without_iat = claims_payload()
+    del without_iat["iat"]
     genuine = sign_as_origin(stack, claims_payload())
     header, payload, signature = genuine.split(".")
     flipped = "A" if signature[0] != "A" else "B"
@@ -394,6 +398,12 @@ def test_worker_entry_rejects_forged_tokens(runtime: Runtime) -> None:
         "unknown kid": jwt.encode(
             claims_payload(), other.private_key, "EdDSA", headers={"kid": other.kid}
         ),
+        "HMAC with the public key": jwt.encode(
+            claims_payload(), public_bytes, "HS256", headers={"kid": kid}
+        ),
+        "other audience": sign_as_origin(stack, claims_payload(aud="someone-else")),
+        "missing iat": sign_as_origin(stack, without_iat),
+        "expired": sign_as_origin(stack, claims_payload(exp=int(time.time()) - 60)),
     }
     playlist = f"{runtime.edge_url}/sample/master.m3u8"
     runtime.media.requests.clear()
@@ -406,8 +416,11 @@ def test_worker_entry_rejects_forged_tokens(runtime: Runtime) -> None:
 
     assert good.status_code == 200, good.text[:300]
     assert good.text.startswith("#EXTM3U")
+    expected = {name: (403, "token-invalid") for name in forged}
+    expected["expired"] = (401, "token-expired")
     for name, response in rejected.items():
-        assert response.status_code == 403, (name, response.text[:300])
-        assert_problem(response, 403, "token-invalid")
+        status, slug = expected[name]
+        assert response.status_code == status, (name, response.text[:300])
+        assert_problem(response, status, slug)
     # Only the genuine token reached the upstream.
     assert runtime.media.requests == ["/sample/master.m3u8"]
