@@ -27,7 +27,7 @@ from edge.entitlements import NEVER_ENTITLED, EntitlementCache, EntitlementState
 from edge.events import EventFollower, InvalidEventBatch
 from edge.gate import Access, Credentials, Gate
 from edge.jetstream import JetStreamConsumer
-from edge.keyset import KeySet, KeysUnavailable
+from edge.keyset import KeySet, KeysUnavailable, PublicKeyFactory, PyJwtKey
 from edge.metrics import MODE_SCOPE_KEY, EdgeMetrics, metrics_endpoint
 from edge.origin_link import OriginLink, OriginUnavailable
 from edge.paths import (
@@ -72,6 +72,7 @@ class Edge:
         self,
         settings: EdgeSettings,
         transport: httpx.AsyncBaseTransport | None = None,
+        public_key: PublicKeyFactory = PyJwtKey,
     ) -> None:
         self.settings = settings
         self.link = OriginLink(
@@ -84,7 +85,7 @@ class Edge:
             reset_timeout=settings.origin_reset_timeout,
             transport=transport,
         )
-        self.keys = KeySet(self._fetch_jwks, settings.jwks_refresh_interval)
+        self.keys = KeySet(self._fetch_jwks, settings.jwks_refresh_interval, public_key)
         self.lookups: RevalidatingCache[tuple[str, str], EntitlementState] = (
             RevalidatingCache(
                 "the entitlement of",
@@ -397,19 +398,22 @@ register_url_convertor("anypath", _AnyPathConvertor())
 
 
 def create_app(
-    settings: EdgeSettings, transport: httpx.AsyncBaseTransport | None = None
+    settings: EdgeSettings,
+    transport: httpx.AsyncBaseTransport | None = None,
+    public_key: PublicKeyFactory = PyJwtKey,
 ) -> Starlette:
     """Build the edge ASGI application.
 
     ``transport`` carries its requests to the origin and an HTTP upstream;
-    the default opens sockets.
+    the default opens sockets. ``public_key`` turns the origin's JWKs into
+    keys that verify its tokens; the default uses PyJWT and cryptography.
     """
     configure_tracing()
     redactor.add_secrets(
         [settings.origin_token, settings.metrics_token]
         + [base64.urlsafe_b64encode(secret).decode() for secret in settings.uri_secrets]
     )
-    edge = Edge(settings, transport)
+    edge = Edge(settings, transport, public_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

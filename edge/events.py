@@ -82,14 +82,12 @@ class EventFollower:
             key = await self._keys.get_for_events(kid) if isinstance(kid, str) else None
             if key is None:
                 raise InvalidEventBatch("event batch is signed by an unknown key")
-            claims = jwt.decode(
+            claims = await key.decode(
                 token,
-                key.key,
-                algorithms=[key.algorithm_name],
                 audience=EVENTS_AUDIENCE,
                 issuer=ISSUER,
                 leeway=5,
-                options={"require": ["iat", "exp", "iss", "aud"]},
+                require=["iat", "exp", "iss", "aud"],
             )
             return event_batch_from_claims(claims)
         except (jwt.PyJWTError, ValueError) as exc:

@@ -49,6 +49,11 @@ class FetchTransport(httpx.AsyncBaseTransport):
             for name, value in response.headers
             if str(name).lower() not in DECODED_HEADERS
         ]
+        # A stream, not content=: httpx marks a response built from content
+        # as already read, and the edge streams upstream bodies with aiter_raw.
         return httpx.Response(
-            int(response.status), headers=headers, content=content, request=request
+            int(response.status),
+            headers=headers,
+            stream=httpx.ByteStream(content),
+            request=request,
         )

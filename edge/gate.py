@@ -24,7 +24,7 @@ import jwt
 from cachetools import LRUCache
 
 from edge.entitlements import EntitlementCache, EntitlementState
-from edge.keyset import KeySet, KeysUnavailable
+from edge.keyset import KeySet, KeysUnavailable, PublicKey
 from edge.origin_link import OriginLink
 from edge.policies import Policy, PolicyCache
 from edge.revalidating import RevalidatingCache
@@ -123,7 +123,7 @@ class Gate:
         # Playback tokens already verified, with the key object that verified
         # them: a hit skips parsing and the Ed25519 check, but only while that
         # same key is still loaded and the token has not expired.
-        self._verified: LRUCache[str, tuple[PlaybackClaims, jwt.PyJWK]] = LRUCache(
+        self._verified: LRUCache[str, tuple[PlaybackClaims, PublicKey]] = LRUCache(
             maxsize=VERIFIED_TOKENS
         )
 
@@ -248,14 +248,12 @@ class Gate:
                 )
             raise Problem(TOKEN_INVALID, "playback token is signed by an unknown key")
         try:
-            payload = jwt.decode(
+            payload = await key.decode(
                 token,
-                key.key,
-                algorithms=[key.algorithm_name],
                 audience=PLAYBACK_AUDIENCE,
                 issuer=ISSUER,
                 leeway=self._leeway,
-                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+                require=["exp", "iat", "sub", "aud", "iss"],
             )
             claims = replace(PlaybackClaims.from_jwt_claims(payload), key_id=kid)
         except jwt.ExpiredSignatureError:

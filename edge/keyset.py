@@ -3,6 +3,10 @@
 Keys come from the origin's JWK set. A token with an unknown ``kid`` triggers
 at most one refetch per interval, shared by every request waiting for it, so
 a flood of made-up key ids costs the origin one request per interval.
+
+Each JWK becomes a :class:`PublicKey`. A server edge uses :class:`PyJwtKey`
+(PyJWT with ``cryptography``); an edge on Workers, which has no
+``cryptography``, passes :class:`edge.webcrypto.WebCryptoKey` instead.
 """
 
 from __future__ import annotations
@@ -10,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import jwt
 
-from shared.keys import ALLOWED_ALGORITHMS
+from shared.tokens import ALLOWED_ALGORITHMS
 
 logger = logging.getLogger("segmentgate.edge.keys")
 
@@ -26,13 +30,69 @@ class KeysUnavailable(Exception):
     """Raised when a key is unknown and the origin cannot be asked for it."""
 
 
+class PublicKey(Protocol):
+    """One of the origin's public keys, ready to verify the JWTs it signed."""
+
+    async def decode(
+        self,
+        token: str,
+        *,
+        audience: str,
+        issuer: str,
+        leeway: float,
+        require: Sequence[str],
+    ) -> dict[str, Any]:
+        """Return the verified claims of ``token``; raise ``jwt.PyJWTError``.
+
+        The accepted algorithm is the key's own, never the token's header.
+        """
+        ...
+
+
+# Builds a key from a JWK; raises ValueError or a PyJWT error if unusable.
+PublicKeyFactory = Callable[[dict[str, Any]], PublicKey]
+
+
+class PyJwtKey:
+    """A public key that PyJWT verifies with ``cryptography``."""
+
+    def __init__(self, jwk: dict[str, Any]) -> None:
+        self._jwk = jwt.PyJWK(jwk, algorithm=jwk.get("alg"))
+
+    async def decode(
+        self,
+        token: str,
+        *,
+        audience: str,
+        issuer: str,
+        leeway: float,
+        require: Sequence[str],
+    ) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            self._jwk.key,
+            algorithms=[self._jwk.algorithm_name],
+            audience=audience,
+            issuer=issuer,
+            leeway=leeway,
+            options={"require": list(require)},
+        )
+        return claims
+
+
 class KeySet:
     """Public verification keys by ``kid``, refreshed from the origin."""
 
-    def __init__(self, fetch: FetchKeySet, refresh_interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        fetch: FetchKeySet,
+        refresh_interval: float = 30.0,
+        public_key: PublicKeyFactory = PyJwtKey,
+    ) -> None:
         self._fetch = fetch
         self._refresh_interval = refresh_interval
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._public_key = public_key
+        self._keys: dict[str, PublicKey] = {}
         self._revoked: set[str] = set()
         self._last_refresh = -float("inf")
         self._last_forced_refresh = -float("inf")
@@ -43,7 +103,7 @@ class KeySet:
 
     def load(self, jwks: dict[str, Any]) -> None:
         """Replace the keys with those of a JWK set; skip unusable entries."""
-        keys: dict[str, jwt.PyJWK] = {}
+        keys: dict[str, PublicKey] = {}
         for entry in jwks.get("keys", []):
             kid, algorithm = entry.get("kid"), entry.get("alg")
             if kid in self._revoked:
@@ -52,7 +112,7 @@ class KeySet:
                 logger.warning("skipping JWK without kid or allowed alg: %r", kid)
                 continue
             try:
-                keys[kid] = jwt.PyJWK(entry, algorithm=algorithm)
+                keys[kid] = self._public_key(entry)
             except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError) as exc:
                 logger.warning("skipping invalid JWK %s: %s", kid, exc)
         self._keys = keys
@@ -66,7 +126,7 @@ class KeySet:
             self.load(await self._fetch())
             self._last_refresh = time.monotonic()
 
-    async def get(self, kid: str) -> jwt.PyJWK | None:
+    async def get(self, kid: str) -> PublicKey | None:
         """Return the key for ``kid``, refetching the set if it may be new."""
         key = self._keys.get(kid)
         if key is not None:
@@ -80,7 +140,7 @@ class KeySet:
             raise KeysUnavailable(str(exc)) from exc
         return self._keys.get(kid)
 
-    async def get_for_events(self, kid: str) -> jwt.PyJWK | None:
+    async def get_for_events(self, kid: str) -> PublicKey | None:
         """Return the key for ``kid`` of an event batch, refetching at once.
 
         Right after the current key is revoked, the origin signs with a key
@@ -101,7 +161,7 @@ class KeySet:
                 raise KeysUnavailable(str(exc)) from exc
         return self._keys.get(kid)
 
-    def loaded(self, kid: str) -> jwt.PyJWK | None:
+    def loaded(self, kid: str) -> PublicKey | None:
         """Return the key for ``kid`` if it is loaded now, without fetching."""
         return self._keys.get(kid)
 

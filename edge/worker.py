@@ -17,7 +17,9 @@ ASGI response into a ``Response``.
 
 On Workers the edge reaches the origin and an HTTP upstream through the
 runtime's ``fetch`` (:mod:`edge.fetch_transport`), because Pyodide has no
-sockets for httpx's default transport.
+sockets for httpx's default transport. It verifies the origin's signatures
+with the runtime's WebCrypto (:mod:`edge.webcrypto`), because Pyodide has
+no ``cryptography`` package for PyJWT.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from edge.app import create_app
 from edge.fetch_transport import FetchTransport
 from edge.settings import EdgeSettings
+from edge.webcrypto import WebCryptoKey
 from edge.worker_bridge import binding_values, serve_fetch
 
 logger = logging.getLogger("segmentgate.edge.worker")
@@ -46,10 +48,10 @@ class WorkerApp:
 
     def __init__(
         self,
-        build: Callable[[EdgeSettings], Any] = create_app,
+        build: Callable[[EdgeSettings], Any] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._build = build
+        self._build = build or _create_app
         self._monotonic = monotonic
         self._app: Any = None
         self._started = contextlib.AsyncExitStack()
@@ -101,8 +103,19 @@ class WorkerApp:
                 return
 
 
+def _create_app(settings: EdgeSettings) -> Any:
+    # The app's modules are imported on the first request, not with this
+    # module: OpenTelemetry draws random numbers at import, and Workers give
+    # no entropy outside a request.
+    from edge.app import create_app
+
+    return create_app(settings)
+
+
 def _build_for_workers(settings: EdgeSettings) -> Any:
-    return create_app(settings, transport=FetchTransport())
+    from edge.app import create_app
+
+    return create_app(settings, transport=FetchTransport(), public_key=WebCryptoKey)
 
 
 worker_app = WorkerApp(_build_for_workers)

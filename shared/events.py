@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
-from shared.keys import SigningKey
 from shared.tokens import ISSUER
+
+if TYPE_CHECKING:
+    # shared.keys imports cryptography, which edges on Workers do not have.
+    from shared.keys import SigningKey
 
 EVENTS_AUDIENCE = "segmentgate-edge-events"
 EVENTS_MEDIA_TYPE = "application/jwt"

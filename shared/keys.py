@@ -17,9 +17,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
-# Only asymmetric algorithms are ever accepted; each key carries exactly one.
-ALLOWED_ALGORITHMS = ("EdDSA", "ES256")
-
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
-from shared.keys import SigningKey
+if TYPE_CHECKING:
+    # shared.keys imports cryptography, which edges on Workers do not have.
+    from shared.keys import SigningKey
 
 ISSUER = "segmentgate-origin"
+# Only asymmetric algorithms are ever accepted for the origin's JWTs
+# (playback tokens and event batches); each key carries exactly one.
+ALLOWED_ALGORITHMS = ("EdDSA", "ES256")
 PLAYBACK_AUDIENCE = "segmentgate-edge"
 # Edges reject playback tokens that live longer than this, because their
 # entitlement records must outlast every token they may have to override.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -163,7 +164,7 @@ def configure_tracing(exporter: str | None = None) -> TracerProvider:
     with _lock:
         if _provider is None:
             _provider = TracerProvider(
-                resource=Resource.create({"service.name": "segmentgate"}),
+                resource=_resource({"service.name": "segmentgate"}),
                 sampler=_sampler,
                 id_generator=_IdGenerator(),
             )
@@ -172,6 +173,14 @@ def configure_tracing(exporter: str | None = None) -> TracerProvider:
     if span_exporter is not None:
         add_span_processor(BatchSpanProcessor(span_exporter))
     return provider
+
+
+def _resource(attributes: Attributes) -> Resource:
+    if sys.platform == "emscripten":
+        # Resource.create runs its detectors in threads, which Pyodide (the
+        # edge on Cloudflare Workers) cannot start.
+        return Resource(attributes)
+    return Resource.create(attributes)
 
 
 def add_span_processor(processor: SpanProcessor) -> None:

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import asyncio
 
-from edge.keyset import KeySet
+import pytest
+
+from edge.keyset import KeySet, PublicKeyFactory, PyJwtKey
+from edge.webcrypto import WebCryptoKey
 from shared.keys import SigningKey
 
 
@@ -25,8 +28,12 @@ async def test_unknown_kids_cost_one_fetch_per_interval() -> None:
     assert fetches == 1
 
 
-async def test_key_set_skips_unusable_entries() -> None:
+# The server edge's keys and those of the edge on Workers, whose WebCrypto
+# verification itself runs in tests/test_workerd_smoke.py.
+@pytest.mark.parametrize("public_key", [PyJwtKey, WebCryptoKey])
+async def test_key_set_skips_unusable_entries(public_key: PublicKeyFactory) -> None:
     good = SigningKey.generate("ES256")
+    ed25519 = SigningKey.generate("EdDSA")
 
     async def fetch() -> dict[str, object]:
         return {
@@ -40,11 +47,13 @@ async def test_key_set_skips_unusable_entries() -> None:
                     "kid": "bad",
                     "alg": "EdDSA",
                 },
+                {**ed25519.jwk, "kid": "mismatch", "alg": "ES256"},
+                {**good.jwk, "kid": "no-y", "y": None},
                 good.jwk,
             ]
         }
 
-    keys = KeySet(fetch)
+    keys = KeySet(fetch, public_key=public_key)
     await keys.refresh()
     assert len(keys) == 1
     assert (await keys.get(good.kid)) is not None

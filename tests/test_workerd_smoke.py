@@ -11,8 +11,10 @@ dependencies from this virtual environment into the Worker instead.
 One workerd process serves two Workers on 127.0.0.1, and its outbound
 requests may reach loopback addresses only:
 
-* the edge's real entry, ``edge.worker.on_fetch``, which the test skips,
-  with the runtime's own error, when the entry cannot be imported there;
+* the edge's real entry, ``edge.worker.on_fetch``, in front of a real
+  origin and the local media server: a viewer previews, buys and plays
+  segments, and forged playback tokens are rejected by the signature
+  check that runs there, the runtime's WebCrypto (:mod:`edge.webcrypto`);
 * the entry's bridge (:mod:`edge.worker_bridge`) in front of a small ASGI
   app that fetches segments from the local media server with httpx over
   :mod:`edge.fetch_transport`, to play a few segments through the
@@ -23,7 +25,9 @@ Everything is skipped, saying why, when workerd is not installed.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -34,9 +38,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
-from tests.harness import MEDIA_ROOT, REPO, MediaServer, free_port
+from shared.keys import SigningKey
+from tests.harness import (
+    MEDIA_ROOT,
+    REPO,
+    MediaServer,
+    RunningStack,
+    Viewer,
+    assert_problem,
+    free_port,
+    running_stack,
+)
+from tests.test_gate_attacks import (
+    b64,
+    claims_payload,
+    origin_jwk,
+    sign_as_origin,
+    unsigned_token,
+)
+from tests.test_worker_app import segment_urls
 
 WORKERD = REPO / "tests/workerd/node_modules/@cloudflare/workerd-linux-64/bin/workerd"
 RUNTIME_VERSION = "workerd 2024-07-01"
@@ -53,10 +76,15 @@ DEPENDENCIES = (
     "cachetools",
     "itsdangerous",
     "typing_extensions",
+    "prometheus_client",
+    "opentelemetry",
+    "yaml",
 )
 # The first start of Pyodide in workerd takes about 20 s on a 2-core machine.
 START_LIMIT = 180.0
 
+# The Worker's main module: the edge's entry, or a response carrying the
+# import error, so that a failing test shows why the entry did not load.
 ENTRY = """
 try:
     from edge.worker import on_fetch
@@ -109,17 +137,25 @@ async def on_fetch(request, env):
 def module_files(name: str) -> list[tuple[str, Path]]:
     """Return (module name in the Worker, file) for each .py of ``name``."""
     spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.origin is not None, name
+    assert spec is not None, name
     if not spec.submodule_search_locations:
+        assert spec.origin is not None, name
         return [(f"{name}.py", Path(spec.origin))]
-    root = Path(next(iter(spec.submodule_search_locations)))
+    # A namespace package (opentelemetry) may span several folders.
     return [
         (f"{name}/{path.relative_to(root).as_posix()}", path)
+        for root in map(Path, spec.submodule_search_locations)
         for path in sorted(root.rglob("*.py"))
     ]
 
 
-def worker_config(bundle: Path, edge_port: int, bridge_port: int, upstream: str) -> str:
+def worker_config(
+    bundle: Path,
+    edge_port: int,
+    bridge_port: int,
+    upstream: str,
+    edge_bindings: dict[str, str],
+) -> str:
     edge_modules = [("main.py", bundle / "entry.py")]
     for package in ("edge", "shared", *DEPENDENCIES):
         edge_modules += module_files(package)
@@ -143,6 +179,11 @@ def worker_config(bundle: Path, edge_port: int, bridge_port: int, upstream: str)
             lines.append(f'    (name = "{name}", pythonModule = embed "{embedded}")')
         return ",\n".join(lines)
 
+    edge_texts = ",\n".join(
+        f'    (name = "{name}", text = "{value}")'
+        for name, value in edge_bindings.items()
+    )
+
     return f'''using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
   services = [
@@ -161,8 +202,7 @@ const edgeWorker :Workerd.Worker = (
 {modules(edge_modules, "edge")}
   ],
   bindings = [
-    (name = "SEGMENTGATE_EDGE_ORIGIN_URL", text = "http://127.0.0.1:9"),
-    (name = "SEGMENTGATE_EDGE_UPSTREAM_URL", text = "{upstream}"),
+{edge_texts}
   ],
   globalOutbound = "loopback",
   compatibilityDate = "2024-07-01",
@@ -189,6 +229,7 @@ class Runtime:
     edge_url: str
     bridge_url: str
     media: MediaServer
+    stack: RunningStack
     version: str
     log: Path
 
@@ -221,35 +262,47 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     (bundle / "entry.py").write_text(ENTRY)
     (bundle / "bridged.py").write_text(BRIDGED)
     media = MediaServer(MEDIA_ROOT).start()
-    edge_port, bridge_port = free_port(), free_port()
-    config = bundle / "config.capnp"
-    config.write_text(worker_config(bundle, edge_port, bridge_port, media.url))
-    log = bundle / "workerd.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [str(WORKERD), "serve", str(config), "--experimental"],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={"PATH": os.environ.get("PATH", ""), "HOME": str(bundle)},
+    with running_stack(tmp_path_factory.mktemp("stack")) as stack:
+        config = bundle / "config.capnp"
+        edge_port, bridge_port = free_port(), free_port()
+        secret = base64.urlsafe_b64encode(stack.stack.uri_secret).decode()
+        edge_bindings = {
+            "SEGMENTGATE_EDGE_ORIGIN_URL": stack.stack.origin_url,
+            "SEGMENTGATE_EDGE_UPSTREAM_URL": media.url,
+            "SEGMENTGATE_EDGE_URI_SECRETS": secret.rstrip("="),
+            "SEGMENTGATE_EDGE_ORIGIN_TOKEN": stack.stack.edge_token,
+            "SEGMENTGATE_EDGE_WORKER_SYNC_SECONDS": "0.2",
+        }
+        config.write_text(
+            worker_config(bundle, edge_port, bridge_port, media.url, edge_bindings)
         )
-    try:
-        wait_until_listening(f"http://127.0.0.1:{bridge_port}/", process, log)
-        media.requests.clear()
-        yield Runtime(
-            f"http://127.0.0.1:{edge_port}",
-            f"http://127.0.0.1:{bridge_port}",
-            media,
-            version,
-            log,
-        )
-    finally:
-        process.send_signal(signal.SIGTERM)
+        log = bundle / "workerd.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [str(WORKERD), "serve", str(config), "--experimental"],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env={"PATH": os.environ.get("PATH", ""), "HOME": str(bundle)},
+            )
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        media.stop()
+            wait_until_listening(f"http://127.0.0.1:{bridge_port}/", process, log)
+            media.requests.clear()
+            yield Runtime(
+                f"http://127.0.0.1:{edge_port}",
+                f"http://127.0.0.1:{bridge_port}",
+                media,
+                stack,
+                version,
+                log,
+            )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            media.stop()
 
 
 def test_bridge_plays_segments_in_workerd(runtime: Runtime) -> None:
@@ -278,11 +331,96 @@ def test_bridge_plays_segments_in_workerd(runtime: Runtime) -> None:
     ] + ["/trailer/missing.ts"]
 
 
-def test_worker_entry_imports_in_workerd(runtime: Runtime) -> None:
-    response = httpx.get(f"{runtime.edge_url}/_edge/healthz", timeout=120)
-    if response.status_code == 503 and "Error" in response.text:
-        # NOTE: workerd 1.20240701.0 has no cryptography package offline,
-        # which PyJWT needs for EdDSA and ES256, so the edge itself cannot
-        # run there. docs/deploy/workers.md describes the consequences.
-        pytest.skip(f"{RUNTIME_VERSION} cannot import the edge: {response.text}")
-    assert response.status_code in (200, 503), runtime.log.read_text()[-3000:]
+def to_edge(url: str, runtime: Runtime) -> str:
+    """Send a URL that the origin wrote for its own edge to the Worker instead."""
+    edge = httpx.URL(runtime.edge_url)
+    return str(httpx.URL(url).copy_with(host=edge.host, port=edge.port))
+
+
+def test_worker_entry_plays_segments_in_workerd(runtime: Runtime) -> None:
+    viewer = Viewer(runtime.stack.stack.origin_url)
+    client = httpx.Client(timeout=60)
+    try:
+        session = viewer.session("sample")
+        segments = segment_urls(client, to_edge(str(session["playlist_url"]), runtime))
+        preview = client.get(segments[0])
+        before_purchase = client.get(segments[-1])
+        assert viewer.purchase()["status"] == "granted"
+        # No push reaches the Worker: a request reads the origin's feed first.
+        deadline = time.monotonic() + 30
+        while (late := client.get(segments[-1])).status_code != 200:
+            assert time.monotonic() < deadline, late.text
+            time.sleep(0.2)
+        played = [client.get(url) for url in segments[:3]]
+        health = client.get(f"{runtime.edge_url}/_edge/healthz")
+    finally:
+        viewer.close()
+        client.close()
+
+    log = runtime.log.read_text()[-3000:]
+    assert preview.status_code == 200, (preview.text[:300], log)
+    assert_problem(before_purchase, 402, "preview-ended")
+    for response in [preview, late, *played]:
+        path = response.url.path.lstrip("/")
+        assert response.content == (MEDIA_ROOT / path).read_bytes(), path
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] == "ok"
+    # The feed's signed event batches were verified there too.
+    assert health.json()["last_event_seq"] >= 1
+
+
+def test_worker_entry_rejects_forged_tokens(runtime: Runtime) -> None:
+    stack = runtime.stack
+    jwk = origin_jwk(stack)
+    kid = jwk["kid"]
+    public_bytes = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+    without_iat = claims_payload()
+    del without_iat["iat"]
+    genuine = sign_as_origin(stack, claims_payload())
+    header, payload, signature = genuine.split(".")
+    flipped = "A" if signature[0] != "A" else "B"
+    other_claims = b64(json.dumps(claims_payload(sub="vr_other")).encode())
+    es256_header = b64(json.dumps({"alg": "ES256", "typ": "JWT", "kid": kid}).encode())
+    other = SigningKey.generate()
+    forged = {
+        "tampered signature": f"{header}.{payload}.{flipped}{signature[1:]}",
+        "tampered claims": f"{header}.{other_claims}.{signature}",
+        # The empty signature ends the token in ".", outside a JWT's shape for
+        # the edge, which still must not serve it.
+        "alg none": unsigned_token(
+            {"alg": "none", "typ": "JWT", "kid": kid}, claims_payload()
+        )
+        + "x",
+        "other algorithm": f"{es256_header}.{payload}.{signature}",
+        "wrong key": jwt.encode(
+            claims_payload(), other.private_key, "EdDSA", headers={"kid": kid}
+        ),
+        "unknown kid": jwt.encode(
+            claims_payload(), other.private_key, "EdDSA", headers={"kid": other.kid}
+        ),
+        "HMAC with the public key": jwt.encode(
+            claims_payload(), public_bytes, "HS256", headers={"kid": kid}
+        ),
+        "other audience": sign_as_origin(stack, claims_payload(aud="someone-else")),
+        "missing iat": sign_as_origin(stack, without_iat),
+        "expired": sign_as_origin(stack, claims_payload(exp=int(time.time()) - 60)),
+    }
+    playlist = f"{runtime.edge_url}/sample/master.m3u8"
+    runtime.media.requests.clear()
+
+    good = httpx.get(playlist, params={"sg": genuine}, timeout=60)
+    rejected = {
+        name: httpx.get(playlist, params={"sg": token}, timeout=60)
+        for name, token in forged.items()
+    }
+
+    assert good.status_code == 200, good.text[:300]
+    assert good.text.startswith("#EXTM3U")
+    expected = {name: (403, "token-invalid") for name in forged}
+    expected["expired"] = (401, "token-expired")
+    for name, response in rejected.items():
+        status, slug = expected[name]
+        assert response.status_code == status, (name, response.text[:300])
+        assert_problem(response, status, slug)
+    # Only the genuine token reached the upstream.
+    assert runtime.media.requests == ["/sample/master.m3u8"]
