@@ -41,6 +41,7 @@ from edge import create_app as create_edge
 from edge.gate import Credentials
 from origin import OriginSettings
 from origin import create_app as create_origin
+from origin.risk import RiskPolicy
 from segmentgate.serving import start_server, wait_until_healthy
 from segmentgate.stack import seed_catalog
 from shared.tokens import PlaybackClaims
@@ -126,6 +127,9 @@ async def run(
                 edge_public_url=edge_urls[0],
                 edge_urls=tuple(edge_urls),
                 edge_token=edge_token,
+                # Synthetic buyers share one address and test card, which the
+                # risk engine would block; it still assesses every purchase.
+                risk=RiskPolicy(mode="observe"),
             )
         )
         servers = [start_server(origin_app, origin_url[7:], shutdown.wait)]

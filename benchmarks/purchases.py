@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from origin import OriginSettings, create_app
+from origin.risk import RiskPolicy
 
 POSTGRES_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 ADMIN_TOKEN = "benchmark-admin-token"
@@ -53,6 +54,9 @@ async def measure(database_url: str, args: argparse.Namespace) -> dict[str, Any]
         admin_token=ADMIN_TOKEN,
         master_key=Fernet.generate_key().decode("ascii"),
         recovery_interval=0,
+        # Synthetic buyers share one address and a few test cards, which the
+        # risk engine would block; it still assesses every purchase.
+        risk=RiskPolicy(mode="observe"),
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -264,6 +264,8 @@ def _measure_rate(args: argparse.Namespace, progress: Progress) -> dict[str, Any
         edge_token, admin_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         origin = ServerProcess("hypercorn", "benchmarks.apps:origin", origin_port, {
             "SEGMENTGATE_DATABASE_URL": f"sqlite+aiosqlite:///{work}/origin.db",
+            # Synthetic buyers share one address: assess, never block.
+            "SEGMENTGATE_RISK_MODE": "observe",
             "SEGMENTGATE_ADMIN_TOKEN": admin_token,
             "SEGMENTGATE_EDGE_TOKEN": edge_token,
             "SEGMENTGATE_MASTER_KEY": Fernet.generate_key().decode(),

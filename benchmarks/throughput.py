@@ -219,6 +219,8 @@ class Deployments:
     def _start_origin(self, edges: list[str]) -> None:
         env = {
             "SEGMENTGATE_DATABASE_URL": f"sqlite+aiosqlite:///{self.work}/origin.db",
+            # Synthetic buyers share one address: assess, never block.
+            "SEGMENTGATE_RISK_MODE": "observe",
             "SEGMENTGATE_ADMIN_TOKEN": ADMIN_TOKEN,
             "SEGMENTGATE_EDGE_TOKEN": self.edge_token,
             "SEGMENTGATE_MASTER_KEY": Fernet.generate_key().decode(),

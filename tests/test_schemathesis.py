@@ -58,7 +58,10 @@ SCHEMA.config.checks.negative_data_rejection = NegativeDataRejectionConfig(
 
 @pytest.fixture(scope="module")
 def fuzzed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with running_stack(tmp_path_factory.mktemp("fuzz")) as running:
+    with running_stack(
+        tmp_path_factory.mktemp("fuzz"),
+        edge_options={"metrics_token": EDGE_METRICS_TOKEN},
+    ) as running:
         yield running
 
 
@@ -66,6 +69,9 @@ def fuzzed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSt
 def viewer_token(fuzzed_stack: RunningStack) -> str:
     response = httpx.post(f"{fuzzed_stack.stack.origin_url}/v1/viewers")
     return str(response.json()["viewer_token"])
+
+
+EDGE_METRICS_TOKEN = "test-edge-metrics-token"
 
 
 def _credentials(case: Any, stack: Any, viewer_token: str) -> dict[str, str]:
@@ -76,6 +82,7 @@ def _credentials(case: Any, stack: Any, viewer_token: str) -> dict[str, str]:
         "admin": stack.admin_token,
         "viewer": viewer_token,
         "edgeToken": stack.edge_token,
+        "edgeMetrics": EDGE_METRICS_TOKEN,
     }
     for scheme, token in tokens.items():
         if scheme in schemes:
