@@ -76,37 +76,21 @@ async def read_object(request: Request) -> tuple[dict[str, Any], bytes]:
         raise invalid(f"body is not valid JSON: {detail}") from None
     if not isinstance(data, dict):
         raise invalid("body must be a JSON object")
-    _reject_unstorable(data)
     return data, body
 
 
-def _reject_unstorable(data: dict[str, Any]) -> None:
-    """Raise 400 for a key or string value that the store cannot keep.
-
-    JSON escapes allow a lone UTF-16 surrogate, which has no UTF-8 encoding,
-    and NUL, which PostgreSQL's text type rejects. Either one would fail
-    the insert with a 500.
-    """
-    pending: list[Any] = [data]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            pending.extend(value)
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-        elif isinstance(value, str):
-            _check_storable(value)
-
-
-def _check_storable(text: str) -> None:
+def _check_storable(text: str, name: str) -> None:
+    # JSON escapes allow a lone UTF-16 surrogate, which has no UTF-8
+    # encoding, and NUL, which PostgreSQL's text type rejects: either would
+    # fail the insert with a 500. Fields that are read are checked; fields
+    # that the API ignores are never stored.
     if "\x00" in text:
-        raise invalid("body contains a NUL character (\\u0000), which cannot be stored")
+        raise invalid(f"'{name}' contains a NUL character (\\u0000)", name)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise invalid(
-            "body contains an unpaired UTF-16 surrogate, which is not text"
+            f"'{name}' contains an unpaired UTF-16 surrogate, which is not text", name
         ) from None
 
 
@@ -120,6 +104,7 @@ def string_field(
     value = data.get(name)
     if not isinstance(value, str) or not value.strip():
         raise invalid(f"'{name}' must be a non-empty string", name)
+    _check_storable(value, name)
     if len(value) > max_length:
         raise invalid(f"'{name}' exceeds {max_length} characters", name)
     if pattern is not None and not pattern.fullmatch(value):
