@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,8 +18,8 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select, text
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from origin import purchase_records as records
 from origin.invariants import check_invariants
@@ -29,30 +28,18 @@ from origin.outbox import OutboxRelay, append_event
 from origin.providers import SandboxProvider
 from origin.saga import PurchaseSaga
 from origin.store import create_engine, create_tables, purchases, viewers
+from tests.postgres import temporary_database
 from tests.saga_harness import FAST_SAGA, FakeClock, publish, running_origin
 from tests.test_outbox import EDGE_A, RETENTION, Clock, FakeEdges
 
-SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 # Signing keys are encrypted at rest; every replica needs the same master key.
 MASTER_KEY = Fernet.generate_key().decode("ascii")
 
 
 @pytest.fixture
 async def database_url() -> AsyncIterator[str]:
-    name = f"segmentgate_replicas_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(f"{SERVER}/test", isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except (OSError, OperationalError, DBAPIError) as exc:
-        await admin.dispose()
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with temporary_database("segmentgate_replicas") as url:
+        yield url
 
 
 @contextlib.asynccontextmanager

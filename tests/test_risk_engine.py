@@ -12,9 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from origin.risk import (
     ALLOW,
@@ -27,9 +25,8 @@ from origin.risk import (
 )
 from origin.risk_signals import network_prefix
 from origin.store import create_engine, create_tables, purchases, viewers
+from tests.postgres import temporary_database
 from tests.saga_harness import FakeClock
-
-SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -39,20 +36,8 @@ async def database_url(
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'origin.db'}"
         return
-    name = f"segmentgate_test_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(f"{SERVER}/test", isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except (OSError, OperationalError, DBAPIError) as exc:
-        await admin.dispose()
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with temporary_database("segmentgate_test") as url:
+        yield url
 
 
 @pytest.fixture

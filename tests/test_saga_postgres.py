@@ -12,11 +12,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from origin.providers import SandboxProvider
+from tests.postgres import temporary_database
 from tests.saga_harness import (
     FakeClock,
     assert_consistent,
@@ -30,27 +28,14 @@ from tests.saga_harness import (
 )
 from tests.test_saga_faults import CrashingProvider, crash
 
-SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 # Signing keys are encrypted at rest; outside SQLite the key must be given.
 MASTER_KEY = Fernet.generate_key().decode("ascii")
 
 
 @pytest.fixture
 async def database_url() -> AsyncIterator[str]:
-    name = f"segmentgate_test_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(f"{SERVER}/test", isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except (OSError, OperationalError, DBAPIError) as exc:
-        await admin.dispose()
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with temporary_database("segmentgate_test") as url:
+        yield url
 
 
 @pytest.fixture
