@@ -173,7 +173,7 @@ def measure(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
             port,
             {
                 "SEGMENTGATE_DATABASE_URL": f"sqlite+aiosqlite:///{work}/origin.db",
-                # Synthetic buyers share one address: assess, never block.
+                # Synthetic buyers share one address, so the risk engine only records.
                 "SEGMENTGATE_RISK_MODE": "observe",
                 "SEGMENTGATE_ADMIN_TOKEN": admin_token,
                 "SEGMENTGATE_EDGE_TOKEN": edge_token,

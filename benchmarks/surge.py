@@ -264,7 +264,7 @@ def _measure_rate(args: argparse.Namespace, progress: Progress) -> dict[str, Any
         edge_token, admin_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         origin = ServerProcess("hypercorn", "benchmarks.apps:origin", origin_port, {
             "SEGMENTGATE_DATABASE_URL": f"sqlite+aiosqlite:///{work}/origin.db",
-            # Synthetic buyers share one address: assess, never block.
+            # Synthetic buyers share one address, so the risk engine only records.
             "SEGMENTGATE_RISK_MODE": "observe",
             "SEGMENTGATE_ADMIN_TOKEN": admin_token,
             "SEGMENTGATE_EDGE_TOKEN": edge_token,
@@ -311,7 +311,7 @@ def _measure_rate(args: argparse.Namespace, progress: Progress) -> dict[str, Any
         "watchers": args.watchers,
         "granted": tally.granted,
         "declined_then_retried": tally.declined,
-        # The purchase request alone, until the origin answered "granted".
+        # The purchase request alone, until the origin returned "granted".
         "purchase_ms_p50": purchase["p50"],
         "purchase_ms_p99": purchase["p99"],
         "unlock_ms_p50": unlock["p50"],

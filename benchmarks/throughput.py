@@ -219,7 +219,7 @@ class Deployments:
     def _start_origin(self, edges: list[str]) -> None:
         env = {
             "SEGMENTGATE_DATABASE_URL": f"sqlite+aiosqlite:///{self.work}/origin.db",
-            # Synthetic buyers share one address: assess, never block.
+            # Synthetic buyers share one address, so the risk engine only records.
             "SEGMENTGATE_RISK_MODE": "observe",
             "SEGMENTGATE_ADMIN_TOKEN": ADMIN_TOKEN,
             "SEGMENTGATE_EDGE_TOKEN": self.edge_token,

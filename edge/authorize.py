@@ -6,7 +6,7 @@ segment, key or init segment, it sends a subrequest to
 ``X-Original-URI``. The edge runs the same gate as on a request it
 serves and returns 204 to allow. nginx turns any status other than 2xx, 401
 and 403 into a 500, so every denial is sent as 403 with the real problem
-details; nginx then passes the request to the edge, which sends the real
+details. nginx then passes the request to the edge, which sends the real
 status (402, 410, 503...) to the player.
 
 Decisions are never cached here, so a revocation applies to the next

@@ -88,7 +88,7 @@ class WorkerApp:
             return
         self._synced_at = now
         # Edge.sync logs its own failures. The request is then decided on
-        # what the isolate knows, within the offline grace period.
+        # the state that the isolate has, within the offline grace period.
         await app.state.edge.sync()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

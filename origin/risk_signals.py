@@ -1,4 +1,4 @@
-"""What the risk engine learns from a purchase request, as keyed hashes.
+"""Signals of a purchase request for the risk engine, as keyed hashes.
 
 The device fingerprint is an HMAC of the user agent, the client hints and
 Accept-Language together with the client's network. The network is an HMAC

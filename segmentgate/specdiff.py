@@ -20,7 +20,7 @@ Responses may gain enum values, because clients must accept values they
 do not know; the description of ProblemType in the spec states that rule.
 
 A new major version allows breaking changes; below 1.0.0 a new minor
-version does, as semantic versioning says for initial development.
+version does, as semantic versioning allows for initial development.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import pytest
 from tests.harness import AccessLog, RunningStack, Viewer, running_stack
 
 ACCESS_LOGGER = logging.getLogger("segmentgate.edge.access")
-# The Pact library reports usage to its vendor unless told not to; tests
-# send nothing beyond this machine.
+# The Pact library reports usage to its vendor unless PACT_DO_NOT_TRACK is
+# set. Setting it keeps the tests from sending anything beyond this machine.
 os.environ["PACT_DO_NOT_TRACK"] = "true"
 
 

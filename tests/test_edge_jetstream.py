@@ -10,11 +10,9 @@ message started.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,45 +26,14 @@ from edge.settings import EdgeSettings
 from shared.events import EventBatch, encode_event_batch, event_batch_from_claims
 from shared.keys import SigningKey
 from tests.harness import RunningStack, ServedApp, Viewer, free_port, running_stack
-
-NATS_URL = "nats://127.0.0.1:4222"
-
-
-def run_nats(work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
-    """Run ``work(jetstream)`` on a connection of its own."""
-    import nats
-
-    async def main() -> Any:
-        connection = await nats.connect(NATS_URL, connect_timeout=2)
-        try:
-            return await work(connection.jetstream())
-        finally:
-            await connection.close()
-
-    return asyncio.run(main())
+from tests.jetstream import NATS_URL, run_nats, temporary_stream
 
 
 @pytest.fixture
 def stream() -> Iterator[tuple[str, str]]:
     """Create a stream and subject prefix for one test, deleted after it."""
-    import nats
-
-    suffix = uuid.uuid4().hex[:12]
-    name, prefix = f"SGTEST_{suffix}", f"sgtest.{suffix}"
-
-    async def create(jetstream: Any) -> None:
-        await jetstream.add_stream(name=name, subjects=[f"{prefix}.>"])
-
-    try:
-        run_nats(create)
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
-        pytest.skip(f"NATS at 127.0.0.1:4222 is unreachable: {exc}")
-    yield name, prefix
-
-    async def delete(jetstream: Any) -> None:
-        await jetstream.delete_stream(name)
-
-    run_nats(delete)
+    with temporary_stream("sgtest") as names:
+        yield names
 
 
 @contextlib.contextmanager

@@ -43,10 +43,10 @@ from origin.invariants import check_invariants
 from origin.store import create_engine, entitlements, outbox, purchases, viewers
 from segmentgate.stack import seed_catalog
 from tests.harness import MEDIA_ROOT, free_port
+from tests.jetstream import NATS_URL, run_nats, temporary_stream
 from tests.test_fleet import Process, segment_path
 
 SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
-NATS_URL = "nats://127.0.0.1:4222"
 ADMIN_TOKEN = "fleet-admin"
 EDGE_TOKEN = "fleet-edge-token"
 LEASE_SECONDS = 3
@@ -78,39 +78,11 @@ def database_url() -> Iterator[str]:
     asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
-def run_nats(work: Callable[[Any], Any]) -> Any:
-    import nats
-
-    async def main() -> Any:
-        connection = await nats.connect(NATS_URL, connect_timeout=2)
-        try:
-            return await work(connection.jetstream())
-        finally:
-            await connection.close()
-
-    return asyncio.run(main())
-
-
 @pytest.fixture
 def stream() -> Iterator[tuple[str, str]]:
-    import nats
-
-    suffix = uuid.uuid4().hex[:12]
-    name, prefix = f"SGFLEET_{suffix}", f"sgfleet.{suffix}"
-
-    async def create(jetstream: Any) -> None:
-        await jetstream.add_stream(name=name, subjects=[f"{prefix}.>"])
-
-    try:
-        run_nats(create)
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
-        pytest.skip(f"NATS at 127.0.0.1:4222 is unreachable: {exc}")
-    yield name, prefix
-
-    async def delete(jetstream: Any) -> None:
-        await jetstream.delete_stream(name)
-
-    run_nats(delete)
+    """Create a stream and subject prefix for one test, deleted after it."""
+    with temporary_stream("sgfleet") as names:
+        yield names
 
 
 class Fleet:

@@ -127,14 +127,15 @@ class IntentRequest:
     payment_method: str
     purchase_id: str
     description: str = ""
-    # Ask the issuer to authenticate the card holder (3-D Secure) whatever
-    # its own rules say; confirmation then returns ``requires_action``.
+    # Whether the issuer must authenticate the card holder (3-D Secure)
+    # whatever its own rules decide. Confirmation then returns
+    # ``requires_action``.
     request_three_d_secure: bool = False
 
 
 @dataclass(frozen=True)
 class PaymentMethodDetails:
-    """What the provider tells about a payment method before it is charged.
+    """Details that the provider returns for a payment method before it is charged.
 
     ``fingerprint`` is the provider's identifier of the card number, the
     same for every payment method made from one card (Stripe's

@@ -22,7 +22,7 @@ leaves it ``requires_payment_method`` with the decline code
 
 Every card is issued in the United States unless its name says otherwise,
 and each payment method stands for one card number, with its own
-fingerprint. An intent created with ``request_three_d_secure`` answers
+fingerprint. An intent created with ``request_three_d_secure`` returns
 ``requires_action`` for any card, as an issuer that runs 3-D Secure would.
 
 Authorizations lapse after ``authorization_seconds`` (Stripe's default is
