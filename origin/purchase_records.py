@@ -204,6 +204,26 @@ async def latest_step(
     ).first()
 
 
+async def step_tries(
+    connection: AsyncConnection, purchase_id: str, step: str
+) -> list[Row[Any]]:
+    """Return every try of ``step``, oldest first: id, outcome and key."""
+    return list(
+        await connection.execute(
+            select(
+                purchase_steps.c.step_id,
+                purchase_steps.c.outcome,
+                purchase_steps.c.idempotency_key,
+            )
+            .where(
+                purchase_steps.c.purchase_id == purchase_id,
+                purchase_steps.c.step == step,
+            )
+            .order_by(purchase_steps.c.step_id)
+        )
+    )
+
+
 async def count_steps(connection: AsyncConnection, purchase_id: str, step: str) -> int:
     return int(
         (

@@ -171,6 +171,9 @@ async def create_purchase(request: Request) -> Response:
                     payment_method=payment_method,
                     idempotency_key=key,
                     request_three_d_secure=challenged,
+                    assessment_id=(
+                        None if assessment is None else assessment.assessment_id
+                    ),
                 )
             )
         except PurchaseConflict as exc:
@@ -178,8 +181,6 @@ async def create_purchase(request: Request) -> Response:
             raise Problem(problems.CONFLICT, str(exc), **extensions) from None
         except InvalidPaymentRequest as exc:
             raise Problem(problems.UNPROCESSABLE, str(exc)) from None
-        if assessment is not None:
-            await origin.risk.attach_purchase(assessment.assessment_id, purchase_id)
         if created:
             origin.counters.count_purchase(viewer.viewer_id, content_id)
         purchase = await _owned_purchase(origin, viewer, purchase_id)

@@ -36,7 +36,8 @@ miss the other's uncommitted row, so a burst can pass a limit by the number
 of concurrent requests.
 
 NOTE: assessments are never deleted, and the surge check counts a day of
-rows on every assessment; a busy store needs a retention job.
+rows (at most once a second per process); a busy store needs a retention
+job.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from origin.risk_windows import count_signals
+from origin.risk_windows import count_signals, count_surge
 from origin.store import risk_assessments
 
 logger = logging.getLogger("segmentgate.origin.risk")
@@ -216,6 +217,10 @@ class Assessment:
         return self.enforced and self.decision == CHALLENGE
 
 
+# How long a count of the store-wide surge signal is reused.
+_SURGE_RECOUNT_SECONDS = 1.0
+
+
 class RiskEngine:
     """Assess purchase attempts against the windows kept in the store."""
 
@@ -229,6 +234,8 @@ class RiskEngine:
         self._engine = engine
         self.policy = policy or RiskPolicy()
         self._clock = clock
+        # When the store-wide surge was last counted, and its value.
+        self._surge_counted = (float("-inf"), False)
 
     @property
     def enabled(self) -> bool:
@@ -258,7 +265,13 @@ class RiskEngine:
                     signals={},
                 )
             )
-            signals = await count_signals(connection, attempt, self.policy, now)
+            signals = await count_signals(
+                connection,
+                attempt,
+                self.policy,
+                now,
+                surge=await self._surge(connection, now),
+            )
             decision, reasons = judge(attempt, signals, self.policy)
             await connection.execute(
                 risk_assessments.update()
@@ -279,14 +292,30 @@ class RiskEngine:
             )
         return Assessment(assessment_id, decision, enforced, tuple(reasons), signals)
 
+    async def _surge(self, connection: AsyncConnection, now: float) -> bool:
+        # The surge is store-wide and counts a day of rows: one count a
+        # second is enough, not one per purchase.
+        counted_at, surge = self._surge_counted
+        if not counted_at <= now < counted_at + _SURGE_RECOUNT_SECONDS:
+            surge = await count_surge(connection, self.policy, now)
+            self._surge_counted = (now, surge)
+        return surge
+
     async def attach_purchase(self, assessment_id: str, purchase_id: str) -> None:
         """Link an assessment to the purchase that it let through."""
         async with self._engine.begin() as connection:
-            await connection.execute(
-                risk_assessments.update()
-                .where(risk_assessments.c.assessment_id == assessment_id)
-                .values(purchase_id=purchase_id)
-            )
+            await link_assessment(connection, assessment_id, purchase_id)
+
+
+async def link_assessment(
+    connection: AsyncConnection, assessment_id: str, purchase_id: str
+) -> None:
+    """Link an assessment to the purchase that it let through."""
+    await connection.execute(
+        risk_assessments.update()
+        .where(risk_assessments.c.assessment_id == assessment_id)
+        .values(purchase_id=purchase_id)
+    )
 
 
 def judge(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, case, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from origin import purchase_records as records
@@ -33,9 +33,18 @@ _STREAK_ROWS = 20
 
 
 async def count_signals(
-    connection: AsyncConnection, attempt: Attempt, policy: RiskPolicy, now: float
+    connection: AsyncConnection,
+    attempt: Attempt,
+    policy: RiskPolicy,
+    now: float,
+    *,
+    surge: bool | None = None,
 ) -> dict[str, Any]:
-    """Count every signal of ``attempt``, whose own row is already written."""
+    """Count every signal of ``attempt``, whose own row is already written.
+
+    ``surge`` is the store-wide surge signal when the caller knows it from a
+    recent count; otherwise it is counted here.
+    """
     table = risk_assessments.c
     recent = table.at > now - policy.velocity_seconds
     shared = table.at > now - policy.sharing_seconds
@@ -78,14 +87,11 @@ async def count_signals(
         )
         keys.append((table.card_key, attempt.card_key))
     since = now - policy.sharing_seconds
-    signals["declines_in_a_row"] = max(
-        [
-            await _declines_in_a_row(connection, column, value, since)
-            for column, value in keys
-        ]
-    )
+    signals["declines_in_a_row"] = await _declines_in_a_row(connection, keys, since)
     signals["crowd"] = _in_crowd(signals, policy)
-    signals["surge"] = await _surge(connection, policy, now)
+    if surge is None:
+        surge = await count_surge(connection, policy, now)
+    signals["surge"] = surge
     return signals
 
 
@@ -107,7 +113,9 @@ def _in_crowd(signals: dict[str, Any], policy: RiskPolicy) -> bool:
     return bool(share < policy.crowd_device_share)
 
 
-async def _surge(connection: AsyncConnection, policy: RiskPolicy, now: float) -> bool:
+async def count_surge(
+    connection: AsyncConnection, policy: RiskPolicy, now: float
+) -> bool:
     """Return True when purchases arrive at several times their usual rate."""
     table = risk_assessments.c
     start = now - policy.surge_seconds
@@ -123,30 +131,48 @@ async def _surge(connection: AsyncConnection, policy: RiskPolicy, now: float) ->
 
 
 async def _declines_in_a_row(
-    connection: AsyncConnection, column: Any, value: str, since: float
+    connection: AsyncConnection, keys: list[tuple[Any, str]], since: float
 ) -> int:
     """Count the most recent declined purchases, back to the last success.
 
-    Purchases that asked for 3-D Secure are skipped, because their outcome
-    depends on the viewer finishing authentication. Running and failed
-    purchases are skipped too. Blocked requests have no purchase to count.
+    The count is taken for each of ``keys`` (column and value), and the
+    longest streak is returned; one query reads the latest purchases of
+    every key. Purchases that asked for 3-D Secure are skipped, because
+    their outcome depends on the viewer finishing authentication. Running
+    and failed purchases are skipped too. Blocked requests have no purchase
+    to count.
     """
     joined = risk_assessments.join(
         purchases, risk_assessments.c.purchase_id == purchases.c.purchase_id
     )
-    query = (
-        select(purchases.c.status, purchases.c.request_three_d_secure)
+    latest = [
+        select(
+            literal(index).label("key"),
+            risk_assessments.c.at,
+            purchases.c.status,
+            purchases.c.request_three_d_secure,
+        )
         .select_from(joined)
         .where(column == value, risk_assessments.c.at > since)
         .order_by(risk_assessments.c.at.desc())
         .limit(_STREAK_ROWS)
-    )
-    streak = 0
-    for status, three_d_secure in await connection.execute(query):
-        if three_d_secure:
-            continue
-        if status == records.DECLINED:
-            streak += 1
-        elif status in _SUCCEEDED:
-            break
-    return streak
+        .subquery()
+        for index, (column, value) in enumerate(keys)
+    ]
+    rows = await connection.execute(union_all(*(select(part) for part in latest)))
+    by_key: dict[int, list[Any]] = {}
+    for row in rows:
+        by_key.setdefault(row.key, []).append(row)
+    longest = 0
+    for found in by_key.values():
+        streak = 0
+        # Newest first; the union does not keep each part's order.
+        for row in sorted(found, key=lambda row: row.at, reverse=True):
+            if row.request_three_d_secure:
+                continue
+            if row.status == records.DECLINED:
+                streak += 1
+            elif row.status in _SUCCEEDED:
+                break
+        longest = max(longest, streak)
+    return longest

@@ -67,6 +67,7 @@ from origin.providers.base import (
     SUCCEEDED,
 )
 from origin.purchase_records import Purchase
+from origin.risk import link_assessment
 from origin.store import ACTIVE_STATUSES, content, purchases
 
 logger = logging.getLogger("segmentgate.origin.saga")
@@ -100,6 +101,9 @@ class PurchaseRequest:
     idempotency_key: str
     # Set when the risk engine challenges the purchase.
     request_three_d_secure: bool = False
+    # The risk assessment that let the purchase through, linked to the
+    # purchase in the transaction that creates it.
+    assessment_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,10 @@ class PurchaseSaga:
                         updated_at=now,
                     )
                 )
+                if request.assessment_id is not None:
+                    await link_assessment(
+                        connection, request.assessment_id, purchase_id
+                    )
         except IntegrityError:
             async with self._engine.connect() as connection:
                 existing = await records.find_purchase_by_request(
@@ -179,6 +187,11 @@ class PurchaseSaga:
                 )
                 active = await _active_purchase_id(connection, request)
             if existing is not None:
+                if request.assessment_id is not None:
+                    async with self._engine.begin() as connection:
+                        await link_assessment(
+                            connection, request.assessment_id, existing.purchase_id
+                        )
                 return existing.purchase_id, False
             raise PurchaseConflict(
                 f"a purchase of '{request.content_id}' is already running or granted",
@@ -361,11 +374,9 @@ class PurchaseSaga:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-        await self._release(purchase_id, owner)
+        purchase = await self._release(purchase_id, owner)
         # A refund requested after the last decision found the lease taken;
         # run again so that it does not wait for the recovery pass.
-        async with self._engine.connect() as connection:
-            purchase = await records.fetch_purchase(connection, purchase_id)
         if purchase is not None and self._due(purchase):
             await self.run(purchase_id)
 
@@ -423,12 +434,11 @@ class PurchaseSaga:
         # No intent id is known yet, so nothing can be read back: an
         # unanswered creation is repeated with its own key, which makes the
         # provider return the intent that it may have created.
-        last = await self._close_interrupted(purchase, records.PAYMENT_INTENT)
-        if last is not None and last.outcome in records.UNRESOLVED:
-            key = last.idempotency_key
-        else:
-            key = await self._next_key(purchase, records.PAYMENT_INTENT)
-        step_id = await self._begin(purchase, records.PAYMENT_INTENT, key)
+        opened = await self._open_step(
+            purchase, records.PAYMENT_INTENT, repeat_unresolved=True
+        )
+        assert opened is not None  # an unresolved try is repeated, not returned
+        step_id, key = opened
         try:
             intent = await self._provider.create_intent(request, key)
         except InvalidPaymentRequest as exc:
@@ -810,16 +820,18 @@ class PurchaseSaga:
         back first, and the call is made again only if that try left no
         trace at the provider.
         """
-        last = await self._close_interrupted(purchase, step)
-        if last is not None and last.outcome in records.UNRESOLVED:
+        opened = await self._open_step(purchase, step, repeat_unresolved=False)
+        if opened is None:
             try:
                 intent = await self._provider.retrieve(_intent_id(purchase))
             except ProviderUnavailable as exc:
                 return await self._unanswered(purchase, owner, None, exc, step)
             if await self.apply_provider_view(purchase, owner, intent):
                 return True
-        key = await self._next_key(purchase, step)
-        step_id = await self._begin(purchase, step, key)
+            key = await self._next_key(purchase, step)
+            step_id = await self._begin(purchase, step, key)
+        else:
+            step_id, key = opened
         try:
             intent = await call(key)
         except PaymentDeclined as exc:
@@ -1106,26 +1118,47 @@ class PurchaseSaga:
 
     # Recording helpers ------------------------------------------------------
 
-    async def _close_interrupted(
-        self, purchase: Purchase, step: str
-    ) -> Row[Any] | None:
-        """Return the step's latest row, marking a "started" one as unknown.
+    async def _open_step(
+        self, purchase: Purchase, step: str, *, repeat_unresolved: bool
+    ) -> tuple[int, str] | None:
+        """Record a new try of ``step`` as started; return its id and key.
 
-        A step still "started" here was cut off by a stopped process: its
-        call may or may not have reached the provider.
+        A try still "started" here was cut off by a stopped process: its call
+        may or may not have reached the provider, so it is marked unknown
+        first. When the last try is unresolved, ``repeat_unresolved`` makes
+        the new try reuse its idempotency key, so that the provider answers
+        the earlier call; otherwise nothing is recorded and None is
+        returned, for the caller to read the provider first. One
+        transaction does all of this.
         """
         async with self._engine.begin() as connection:
-            last = await records.latest_step(connection, purchase.purchase_id, step)
-            if last is None or last.outcome != records.STARTED:
-                return last
-            await records.finish_step(
+            tries = await records.step_tries(connection, purchase.purchase_id, step)
+            last = tries[-1] if tries else None
+            if last is not None and last.outcome == records.STARTED:
+                await records.finish_step(
+                    connection,
+                    last.step_id,
+                    records.UNKNOWN,
+                    "the run stopped before the answer was recorded",
+                    self._clock(),
+                )
+            unresolved = last is not None and last.outcome in records.UNRESOLVED
+            if unresolved and not repeat_unresolved:
+                return None
+            if unresolved:
+                assert last is not None
+                key = last.idempotency_key
+            else:
+                key = f"{purchase.purchase_id}:{step}:{len(tries) + 1}"
+            step_id = await records.insert_step(
                 connection,
-                last.step_id,
-                records.UNKNOWN,
-                "the run stopped before the answer was recorded",
-                self._clock(),
+                purchase.purchase_id,
+                step,
+                records.STARTED,
+                idempotency_key=key,
+                at=self._clock(),
             )
-            return await records.latest_step(connection, purchase.purchase_id, step)
+        return step_id, key
 
     async def _next_key(self, purchase: Purchase, step: str) -> str:
         async with self._engine.connect() as connection:
@@ -1268,9 +1301,11 @@ class PurchaseSaga:
             raise records.LeaseLost(purchase.purchase_id)
         return reloaded
 
-    async def _release(self, purchase_id: str, owner: str) -> None:
+    async def _release(self, purchase_id: str, owner: str) -> Purchase | None:
+        """Give up the lease and return the purchase as it is now."""
         async with self._engine.begin() as connection:
             await records.release_lease(connection, purchase_id, owner)
+            return await records.fetch_purchase(connection, purchase_id)
 
     async def _heartbeat(self, purchase_id: str, owner: str) -> None:
         interval = self._policy.lease_seconds / 3

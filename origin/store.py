@@ -22,9 +22,10 @@ from sqlalchemy import (
     Text,
     event,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from origin import migrations
+from origin import migrations, sqlite_driver
 
 metadata = MetaData()
 
@@ -325,8 +326,15 @@ def _configure_sqlite(dbapi_connection, connection_record) -> None:  # type: ign
 
 
 def create_engine(database_url: str) -> AsyncEngine:
-    """Create the async engine for ``database_url``."""
-    engine = create_async_engine(database_url)
+    """Create the async engine for ``database_url``.
+
+    A ``sqlite+aiosqlite`` URL gets the dialect of :mod:`origin.sqlite_driver`,
+    which runs each statement in one call to SQLite's thread.
+    """
+    url = make_url(database_url)
+    if url.drivername == "sqlite+aiosqlite":
+        url = url.set(drivername=f"sqlite+{sqlite_driver.DRIVER}")
+    engine = create_async_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
     return engine
