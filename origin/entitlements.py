@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from origin.outbox import append_event
@@ -29,21 +29,22 @@ class Entitlement:
     purchase_id: str | None = None
 
 
+# Built once: every purchase reads the entitlement more than once.
+_READ = select(
+    entitlements.c.granted,
+    entitlements.c.version,
+    entitlements.c.purchase_id,
+).where(
+    entitlements.c.viewer_id == bindparam("match_viewer"),
+    entitlements.c.content_id == bindparam("match_content"),
+)
+
+
 async def get_entitlement(
     connection: AsyncConnection, viewer_id: str, content_id: str
 ) -> Entitlement:
-    row = (
-        await connection.execute(
-            select(
-                entitlements.c.granted,
-                entitlements.c.version,
-                entitlements.c.purchase_id,
-            ).where(
-                entitlements.c.viewer_id == viewer_id,
-                entitlements.c.content_id == content_id,
-            )
-        )
-    ).first()
+    parameters = {"match_viewer": viewer_id, "match_content": content_id}
+    row = (await connection.execute(_READ, parameters)).first()
     if row is None:
         return Entitlement(False, 0)
     return Entitlement(bool(row.granted), int(row.version), row.purchase_id)

@@ -34,7 +34,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -130,14 +130,42 @@ class Purchase:
         return self.status == GRANTED and self.refund_requested_at is not None
 
 
+# Statements that every purchase runs several times, built once: SQLAlchemy
+# then skips building the expression and its cache key on each call. Bound
+# names that are not column names say which values the WHERE clause takes.
+_FETCH = select(purchases).where(purchases.c.purchase_id == bindparam("match_id"))
+_TRIES = (
+    select(
+        purchase_steps.c.step_id,
+        purchase_steps.c.outcome,
+        purchase_steps.c.idempotency_key,
+    )
+    .where(
+        purchase_steps.c.purchase_id == bindparam("match_id"),
+        purchase_steps.c.step == bindparam("match_step"),
+    )
+    .order_by(purchase_steps.c.step_id)
+)
+_INSERT_STEP = purchase_steps.insert()
+_FINISH_STEP = purchase_steps.update().where(
+    purchase_steps.c.step_id == bindparam("match_id")
+)
+# The SET clause comes from the parameters of each call.
+_MOVE = purchases.update().where(
+    purchases.c.purchase_id == bindparam("match_id"),
+    purchases.c.lease_owner == bindparam("match_owner"),
+    purchases.c.status == bindparam("match_status"),
+)
+_RELEASE = purchases.update().where(
+    purchases.c.purchase_id == bindparam("match_id"),
+    purchases.c.lease_owner == bindparam("match_owner"),
+)
+
+
 async def fetch_purchase(
     connection: AsyncConnection, purchase_id: str
 ) -> Purchase | None:
-    row = (
-        await connection.execute(
-            select(purchases).where(purchases.c.purchase_id == purchase_id)
-        )
-    ).first()
+    row = (await connection.execute(_FETCH, {"match_id": purchase_id})).first()
     return None if row is None else Purchase.from_row(row)
 
 
@@ -208,20 +236,8 @@ async def step_tries(
     connection: AsyncConnection, purchase_id: str, step: str
 ) -> list[Row[Any]]:
     """Return every try of ``step``, oldest first: id, outcome and key."""
-    return list(
-        await connection.execute(
-            select(
-                purchase_steps.c.step_id,
-                purchase_steps.c.outcome,
-                purchase_steps.c.idempotency_key,
-            )
-            .where(
-                purchase_steps.c.purchase_id == purchase_id,
-                purchase_steps.c.step == step,
-            )
-            .order_by(purchase_steps.c.step_id)
-        )
-    )
+    parameters = {"match_id": purchase_id, "match_step": step}
+    return list(await connection.execute(_TRIES, parameters))
 
 
 async def count_steps(connection: AsyncConnection, purchase_id: str, step: str) -> int:
@@ -250,15 +266,16 @@ async def insert_step(
     """Record a step and return its id; a step that is not "started" is finished."""
     now = time.time() if at is None else at
     result = await connection.execute(
-        purchase_steps.insert().values(
-            purchase_id=purchase_id,
-            step=step,
-            outcome=outcome,
-            detail=detail,
-            at=now,
-            finished_at=None if outcome == STARTED else now,
-            idempotency_key=idempotency_key,
-        )
+        _INSERT_STEP,
+        {
+            "purchase_id": purchase_id,
+            "step": step,
+            "outcome": outcome,
+            "detail": detail,
+            "at": now,
+            "finished_at": None if outcome == STARTED else now,
+            "idempotency_key": idempotency_key,
+        },
     )
     return int(result.inserted_primary_key[0])  # type: ignore[index]
 
@@ -271,9 +288,8 @@ async def finish_step(
     at: float,
 ) -> None:
     await connection.execute(
-        purchase_steps.update()
-        .where(purchase_steps.c.step_id == step_id)
-        .values(outcome=outcome, detail=detail, finished_at=at)
+        _FINISH_STEP,
+        {"match_id": step_id, "outcome": outcome, "detail": detail, "finished_at": at},
     )
 
 
@@ -294,13 +310,15 @@ async def move(
     values.setdefault("attempts", 0)
     values.setdefault("next_attempt_at", None)
     updated = await connection.execute(
-        purchases.update()
-        .where(
-            purchases.c.purchase_id == purchase.purchase_id,
-            purchases.c.lease_owner == owner,
-            purchases.c.status == purchase.status,
-        )
-        .values(status=status, updated_at=now, **values)
+        _MOVE,
+        {
+            "match_id": purchase.purchase_id,
+            "match_owner": owner,
+            "match_status": purchase.status,
+            "status": status,
+            "updated_at": now,
+            **values,
+        },
     )
     if updated.rowcount != 1:
         raise LeaseLost(purchase.purchase_id)
@@ -344,9 +362,13 @@ async def release_lease(
     connection: AsyncConnection, purchase_id: str, owner: str
 ) -> None:
     await connection.execute(
-        purchases.update()
-        .where(purchases.c.purchase_id == purchase_id, purchases.c.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None)
+        _RELEASE,
+        {
+            "match_id": purchase_id,
+            "match_owner": owner,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        },
     )
 
 
