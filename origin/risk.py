@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from origin.risk_windows import count_signals, count_surge
@@ -217,6 +218,11 @@ class Assessment:
         return self.enforced and self.decision == CHALLENGE
 
 
+# Built once; the SET clause of the update comes from each call's values.
+_INSERT = risk_assessments.insert()
+_UPDATE = risk_assessments.update().where(
+    risk_assessments.c.assessment_id == bindparam("match_id")
+)
 # How long a count of the store-wide surge signal is reused.
 _SURGE_RECOUNT_SECONDS = 1.0
 
@@ -249,21 +255,22 @@ class RiskEngine:
         async with self._engine.begin() as connection:
             # The attempt is recorded first, so that the counts include it.
             await connection.execute(
-                risk_assessments.insert().values(
-                    assessment_id=assessment_id,
-                    at=now,
-                    viewer_id=attempt.viewer_id,
-                    content_id=attempt.content_id,
-                    card_key=attempt.card_key,
-                    card_country=attempt.card_country,
-                    request_country=attempt.request_country,
-                    device_key=attempt.device_key,
-                    network_key=attempt.network_key,
-                    decision=ALLOW,
-                    enforced=enforced,
-                    reasons=[],
-                    signals={},
-                )
+                _INSERT,
+                {
+                    "assessment_id": assessment_id,
+                    "at": now,
+                    "viewer_id": attempt.viewer_id,
+                    "content_id": attempt.content_id,
+                    "card_key": attempt.card_key,
+                    "card_country": attempt.card_country,
+                    "request_country": attempt.request_country,
+                    "device_key": attempt.device_key,
+                    "network_key": attempt.network_key,
+                    "decision": ALLOW,
+                    "enforced": enforced,
+                    "reasons": [],
+                    "signals": {},
+                },
             )
             signals = await count_signals(
                 connection,
@@ -274,13 +281,13 @@ class RiskEngine:
             )
             decision, reasons = judge(attempt, signals, self.policy)
             await connection.execute(
-                risk_assessments.update()
-                .where(risk_assessments.c.assessment_id == assessment_id)
-                .values(
-                    decision=decision,
-                    reasons=[reason.to_dict() for reason in reasons],
-                    signals=signals,
-                )
+                _UPDATE,
+                {
+                    "match_id": assessment_id,
+                    "decision": decision,
+                    "reasons": [reason.to_dict() for reason in reasons],
+                    "signals": signals,
+                },
             )
         if decision != ALLOW:
             logger.info(
@@ -312,9 +319,7 @@ async def link_assessment(
 ) -> None:
     """Link an assessment to the purchase that it let through."""
     await connection.execute(
-        risk_assessments.update()
-        .where(risk_assessments.c.assessment_id == assessment_id)
-        .values(purchase_id=purchase_id)
+        _UPDATE, {"match_id": assessment_id, "purchase_id": purchase_id}
     )
 
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, case, func, literal, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    bindparam,
+    case,
+    func,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from origin import purchase_records as records
@@ -42,52 +50,26 @@ async def count_signals(
 ) -> dict[str, Any]:
     """Count every signal of ``attempt``, whose own row is already written.
 
-    ``surge`` is the store-wide surge signal when the caller knows it from a
-    recent count; otherwise it is counted here.
+    One query counts the viewer, device, network and card windows, and one
+    more reads the declines in a row. ``surge`` is the store-wide surge
+    signal when the caller knows it from a recent count; otherwise it is
+    counted here.
     """
-    table = risk_assessments.c
-    recent = table.at > now - policy.velocity_seconds
-    shared = table.at > now - policy.sharing_seconds
-    elsewhere = (table.viewer_id != attempt.viewer_id) & (
-        table.network_key != attempt.network_key
+    with_card = attempt.card_key is not None
+    parameters = {
+        "recent_since": now - policy.velocity_seconds,
+        "shared_since": now - policy.sharing_seconds,
+        "viewer": attempt.viewer_id,
+        "device": attempt.device_key,
+        "network": attempt.network_key,
+        "card": attempt.card_key,
+    }
+    query = _COUNTS_WITH_CARD if with_card else _COUNTS
+    row = (await connection.execute(query, parameters)).one()
+    signals: dict[str, Any] = {name: int(value) for name, value in row._mapping.items()}
+    signals["declines_in_a_row"] = await _declines_in_a_row(
+        connection, parameters, with_card
     )
-
-    async def counts(where: ColumnElement[bool], **columns: Any) -> dict[str, int]:
-        labeled = [column.label(name) for name, column in columns.items()]
-        query = select(*labeled).where(where, shared)
-        row = (await connection.execute(query)).one()
-        return {name: int(row[index]) for index, name in enumerate(columns)}
-
-    signals: dict[str, Any] = await counts(
-        table.viewer_id == attempt.viewer_id,
-        viewer_purchases=_rows(recent),
-        viewer_cards=_distinct(table.card_key),
-    )
-    device = table.device_key == attempt.device_key
-    signals |= await counts(
-        device,
-        device_purchases=_rows(recent),
-        device_viewers=_distinct(table.viewer_id),
-        device_viewers_recent=_distinct(table.viewer_id, recent),
-        device_cards=_distinct(table.card_key),
-    )
-    network = table.network_key == attempt.network_key
-    signals |= await counts(network, network_viewers=_distinct(table.viewer_id))
-    keys = [
-        (table.viewer_id, attempt.viewer_id),
-        (table.device_key, attempt.device_key),
-    ]
-    if attempt.card_key is not None:
-        signals |= await counts(
-            table.card_key == attempt.card_key,
-            card_purchases=_rows(recent),
-            card_viewers=_distinct(table.viewer_id),
-            card_viewers_recent=_distinct(table.viewer_id, recent),
-            card_viewers_elsewhere=_distinct(table.viewer_id, elsewhere),
-        )
-        keys.append((table.card_key, attempt.card_key))
-    since = now - policy.sharing_seconds
-    signals["declines_in_a_row"] = await _declines_in_a_row(connection, keys, since)
     signals["crowd"] = _in_crowd(signals, policy)
     if surge is None:
         surge = await count_surge(connection, policy, now)
@@ -131,37 +113,20 @@ async def count_surge(
 
 
 async def _declines_in_a_row(
-    connection: AsyncConnection, keys: list[tuple[Any, str]], since: float
+    connection: AsyncConnection, parameters: dict[str, Any], with_card: bool
 ) -> int:
     """Count the most recent declined purchases, back to the last success.
 
-    The count is taken for each of ``keys`` (column and value), and the
+    The count is taken for the viewer, the device and the card, and the
     longest streak is returned; one query reads the latest purchases of
-    every key. Purchases that asked for 3-D Secure are skipped, because
-    their outcome depends on the viewer finishing authentication. Running
-    and failed purchases are skipped too. Blocked requests have no purchase
-    to count.
+    each. Purchases that asked for 3-D Secure are skipped, because their
+    outcome depends on the viewer finishing authentication. Running and
+    failed purchases are skipped too. Blocked requests have no purchase to
+    count.
     """
-    joined = risk_assessments.join(
-        purchases, risk_assessments.c.purchase_id == purchases.c.purchase_id
-    )
-    latest = [
-        select(
-            literal(index).label("key"),
-            risk_assessments.c.at,
-            purchases.c.status,
-            purchases.c.request_three_d_secure,
-        )
-        .select_from(joined)
-        .where(column == value, risk_assessments.c.at > since)
-        .order_by(risk_assessments.c.at.desc())
-        .limit(_STREAK_ROWS)
-        .subquery()
-        for index, (column, value) in enumerate(keys)
-    ]
-    rows = await connection.execute(union_all(*(select(part) for part in latest)))
+    query = _LATEST_WITH_CARD if with_card else _LATEST
     by_key: dict[int, list[Any]] = {}
-    for row in rows:
+    for row in await connection.execute(query, parameters):
         by_key.setdefault(row.key, []).append(row)
     longest = 0
     for found in by_key.values():
@@ -176,3 +141,73 @@ async def _declines_in_a_row(
                 break
         longest = max(longest, streak)
     return longest
+
+
+# The queries above, built once with bound parameters: their expressions
+# are large, and building them took longer than running them.
+_T = risk_assessments.c
+_RECENT = _T.at > bindparam("recent_since")
+
+
+def _window(where: ColumnElement[bool], **columns: Any) -> Any:
+    labeled = [column.label(name) for name, column in columns.items()]
+    return select(*labeled).where(where, _T.at > bindparam("shared_since")).subquery()
+
+
+_VIEWER = _window(
+    _T.viewer_id == bindparam("viewer"),
+    viewer_purchases=_rows(_RECENT),
+    viewer_cards=_distinct(_T.card_key),
+)
+_DEVICE = _window(
+    _T.device_key == bindparam("device"),
+    device_purchases=_rows(_RECENT),
+    device_viewers=_distinct(_T.viewer_id),
+    device_viewers_recent=_distinct(_T.viewer_id, _RECENT),
+    device_cards=_distinct(_T.card_key),
+)
+_NETWORK = _window(
+    _T.network_key == bindparam("network"),
+    network_viewers=_distinct(_T.viewer_id),
+)
+_CARD = _window(
+    _T.card_key == bindparam("card"),
+    card_purchases=_rows(_RECENT),
+    card_viewers=_distinct(_T.viewer_id),
+    card_viewers_recent=_distinct(_T.viewer_id, _RECENT),
+    card_viewers_elsewhere=_distinct(
+        _T.viewer_id,
+        (_T.viewer_id != bindparam("viewer")) & (_T.network_key != bindparam("network")),
+    ),
+)
+# Each window is one row, so selecting from all of them gives one row.
+_COUNTS = select(_VIEWER, _DEVICE, _NETWORK)
+_COUNTS_WITH_CARD = select(_VIEWER, _DEVICE, _NETWORK, _CARD)
+
+
+def _latest(with_card: bool) -> Any:
+    joined = risk_assessments.join(
+        purchases, risk_assessments.c.purchase_id == purchases.c.purchase_id
+    )
+    keys = [_T.viewer_id == bindparam("viewer"), _T.device_key == bindparam("device")]
+    if with_card:
+        keys.append(_T.card_key == bindparam("card"))
+    parts = [
+        select(
+            literal(index).label("key"),
+            _T.at,
+            purchases.c.status,
+            purchases.c.request_three_d_secure,
+        )
+        .select_from(joined)
+        .where(key, _T.at > bindparam("shared_since"))
+        .order_by(_T.at.desc())
+        .limit(_STREAK_ROWS)
+        .subquery()
+        for index, key in enumerate(keys)
+    ]
+    return union_all(*(select(part) for part in parts))
+
+
+_LATEST = _latest(with_card=False)
+_LATEST_WITH_CARD = _latest(with_card=True)
