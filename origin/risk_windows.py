@@ -16,6 +16,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    true,
     union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -52,8 +53,7 @@ async def count_signals(
 
     One query counts the viewer, device, network and card windows, and one
     more reads the declines in a row. ``surge`` is the store-wide surge
-    signal when the caller knows it from a recent count; otherwise it is
-    counted here.
+    signal from the caller's recent count, or None to count it here.
     """
     with_card = attempt.card_key is not None
     parameters = {
@@ -118,7 +118,7 @@ async def _declines_in_a_row(
     """Count the most recent declined purchases, back to the last success.
 
     The count is taken for the viewer, the device and the card, and the
-    longest streak is returned; one query reads the latest purchases of
+    longest streak is returned. One query reads the latest purchases of
     each. Purchases that asked for 3-D Secure are skipped, because their
     outcome depends on the viewer finishing authentication. Running and
     failed purchases are skipped too. Blocked requests have no purchase to
@@ -131,7 +131,7 @@ async def _declines_in_a_row(
     longest = 0
     for found in by_key.values():
         streak = 0
-        # Newest first; the union does not keep each part's order.
+        # Newest first, because the union does not keep each part's order.
         for row in sorted(found, key=lambda row: row.at, reverse=True):
             if row.request_three_d_secure:
                 continue
@@ -177,12 +177,16 @@ _CARD = _window(
     card_viewers_recent=_distinct(_T.viewer_id, _RECENT),
     card_viewers_elsewhere=_distinct(
         _T.viewer_id,
-        (_T.viewer_id != bindparam("viewer")) & (_T.network_key != bindparam("network")),
+        (_T.viewer_id != bindparam("viewer"))
+        & (_T.network_key != bindparam("network")),
     ),
 )
-# Each window is one row, so selecting from all of them gives one row.
-_COUNTS = select(_VIEWER, _DEVICE, _NETWORK)
-_COUNTS_WITH_CARD = select(_VIEWER, _DEVICE, _NETWORK, _CARD)
+# Each window is one row, so joining them all gives one row.
+_JOINED = _VIEWER.join(_DEVICE, true()).join(_NETWORK, true())
+_COUNTS = select(_VIEWER, _DEVICE, _NETWORK).select_from(_JOINED)
+_COUNTS_WITH_CARD = select(_VIEWER, _DEVICE, _NETWORK, _CARD).select_from(
+    _JOINED.join(_CARD, true())
+)
 
 
 def _latest(with_card: bool) -> Any:

@@ -1,25 +1,41 @@
-"""SQLAlchemy's aiosqlite dialect, with one thread hop per statement.
+"""SQLAlchemy's aiosqlite dialect, running statements on the event loop.
 
 aiosqlite runs each SQLite call in the connection's own thread and wakes
 the event loop when it returns. SQLAlchemy's adapter makes four such calls
-for a query (open a cursor, execute, fetch the rows, close the cursor) and
-three for a write, and each costs two thread switches and a wake-up of the
-loop: on a purchase, which runs a few dozen statements, these switches
-cost more CPU than the SQL. The cursor here does the whole statement in one
-call to the connection's thread and keeps what SQLAlchemy reads afterwards
-(description, rows, row count, last row id).
+for a query and three for a write. On a purchase, which runs a few dozen
+statements, the thread switches cost more CPU than the SQL, and under load
+they cost more than CPU. A transaction holds SQLite's only write lock
+while each of its statements waits for the busy event loop to resume it
+with the thread's result, and every other writer waits behind it in
+SQLite's busy handler, which sleeps in steps of up to 100 ms.
 
-Everything else (connecting, commit, rollback, the pool, SQLite's pragmas)
-is the aiosqlite dialect's, so a URL's ``sqlite+aiosqlite`` stays the
+The cursor here runs each statement, and the connection its commit and
+rollback, directly on the event loop. A local SQLite statement takes
+microseconds and a commit one write to the disk, so a transaction that
+does nothing but SQL runs from its first write to its commit without
+letting another task in, and holds the write lock for that time only.
+
+Writers take turns on an asyncio lock per engine, taken before a statement
+that may write and held until the transaction ends, so a transaction that
+awaits something else between its statements makes the others wait without
+blocking the loop. SQLite's own busy handler is off (``busy_timeout`` 0,
+set by :func:`origin.store.create_engine`): when another process holds the
+database's write lock, the statement is tried again after an asyncio sleep,
+and fails with SQLite's "database is locked" after ``WRITER_WAIT_SECONDS``.
+
+Connecting and closing still go through aiosqlite's thread, and everything
+else is the aiosqlite dialect's, so a URL's ``sqlite+aiosqlite`` stays the
 setting that users write; :func:`origin.store.create_engine` picks this
-dialect for it. aiosqlite is pinned, because the cursor calls its
-connection's ``_execute`` and reads its ``_conn``, which are not public.
+dialect for it. aiosqlite is pinned, because this module reads its
+connection's ``_conn``, which is not public.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sqlite3
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +49,15 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util import EMPTY_DICT
 
 #: The driver name of :class:`SQLiteDialect` in a SQLAlchemy URL.
-DRIVER = "aiosqlite_onehop"
+DRIVER = "aiosqlite_inline"
+
+#: How long a statement waits for the writer lock, or for another process
+#: to release the database's lock, before it fails.
+WRITER_WAIT_SECONDS = 5.0
+
+# Sleeps between tries while another process holds the database's lock.
+_BUSY_SLEEP_FIRST = 0.001
+_BUSY_SLEEP_MAX = 0.05
 
 _Outcome = tuple[Any, list[Any], int, int | None]
 
@@ -57,15 +81,27 @@ def _run(
         cursor.close()
 
 
-class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
-    """A cursor that runs each statement in one call to the SQLite thread."""
+def _may_write(operation: str) -> bool:
+    # A new connection's pragmas must not wait for a writer's turn: they do
+    # not write rows, and a lock they meet is waited out like any other.
+    return operation.lstrip()[:6].upper() not in ("SELECT", "PRAGMA")
 
-    __slots__ = ("_description", "_rowcount", "_lastrowid")
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or (
+        "database is locked" in str(error)
+    )
+
+
+class InlineCursor(AsyncAdapt_aiosqlite_cursor):
+    """A cursor that runs each statement on the event loop's thread."""
+
+    __slots__ = ("_description", "_lastrowid", "_rowcount")
 
     # No aiosqlite cursor stays open, so there is nothing to close later.
     _awaitable_cursor_close = False
 
-    def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
+    def __init__(self, adapt_connection: InlineConnection) -> None:
         self._adapt_connection = adapt_connection
         self._connection = adapt_connection._connection
         self._cursor = None  # type: ignore[assignment]
@@ -110,37 +146,133 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         return await self._call(operation, seq_of_parameters, many=True)
 
     async def _call(self, operation: Any, parameters: Any, many: bool = False) -> None:
-        aio = self._connection
-        async with self._adapt_connection._execute_mutex:
-            description, rows, rowcount, lastrowid = await aio._execute(
-                _run, aio._conn, operation, parameters, many
-            )
-        self._description = description
+        connection: InlineConnection = self._adapt_connection  # type: ignore[assignment]
+        if _may_write(operation):
+            await connection.take_writer_lock()
+        raw = connection.raw
+        try:
+            outcome = await _retry_busy(_run, raw, operation, parameters, many)
+        finally:
+            if not raw.in_transaction:
+                # The statement committed on its own, wrote nothing, or failed
+                # before its transaction began.
+                connection.release_writer_lock()
+        self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
-        self._rowcount = rowcount
-        self._lastrowid = lastrowid
 
 
-class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
-    _cursor_cls = OneHopCursor
+async def _retry_busy(function: Any, *args: Any) -> Any:
+    """Call ``function`` until another process no longer holds SQLite's lock."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WRITER_WAIT_SECONDS
+    sleep = _BUSY_SLEEP_FIRST
+    while True:
+        try:
+            return function(*args)
+        except sqlite3.OperationalError as error:
+            if not _busy(error) or loop.time() + sleep > deadline:
+                raise
+        await asyncio.sleep(sleep)
+        sleep = min(sleep * 2, _BUSY_SLEEP_MAX)
 
 
-class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
+class InlineConnection(AsyncAdapt_aiosqlite_connection):
+    """An aiosqlite connection whose statements, commit and rollback run inline."""
+
+    __slots__ = ("_writer",)
+    _cursor_cls = InlineCursor
+
+    def __init__(self, dbapi: InlineDBAPI, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        # The writer lock while this connection holds it.
+        self._writer: asyncio.Lock | None = None
+
+    @property
+    def raw(self) -> sqlite3.Connection:
+        """The sqlite3 connection, created by aiosqlite's thread."""
+        return self._connection._conn  # type: ignore[no-any-return]
+
+    async def take_writer_lock(self) -> None:
+        if self._writer is not None:
+            return
+        lock = self.dbapi.writer_lock()
+        try:
+            async with asyncio.timeout(WRITER_WAIT_SECONDS):
+                await lock.acquire()
+        except TimeoutError:
+            raise sqlite3.OperationalError("database is locked") from None
+        self._writer = lock
+
+    def release_writer_lock(self) -> None:
+        lock, self._writer = self._writer, None
+        if lock is not None:
+            lock.release()
+
+    def commit(self) -> None:
+        try:
+            if self._connection._connection is not None:
+                self.raw.commit()
+        except Exception as error:  # noqa: BLE001 - translated, as the dialect does
+            self._handle_exception(error)
+        finally:
+            self.release_writer_lock()
+
+    def rollback(self) -> None:
+        try:
+            if self._connection._connection is not None:
+                self.raw.rollback()
+        except Exception as error:  # noqa: BLE001 - translated, as the dialect does
+            self._handle_exception(error)
+        finally:
+            self.release_writer_lock()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.release_writer_lock()
+
+    def terminate(self) -> None:
+        try:
+            super().terminate()
+        finally:
+            self.release_writer_lock()
+
+
+class InlineDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """The aiosqlite module for one engine, with that engine's writer lock."""
+
+    def __init__(self, aiosqlite: Any, sqlite: Any) -> None:
+        super().__init__(aiosqlite, sqlite)
+        # One lock per event loop, as an asyncio lock belongs to one loop.
+        self._writers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Lock
+        ] = weakref.WeakKeyDictionary()
+
+    def writer_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._writers.get(loop)
+        if lock is None:
+            lock = self._writers[loop] = asyncio.Lock()
+        return lock
+
+    def connect(self, *arg: Any, **kw: Any) -> InlineConnection:
+        # The loop's thread uses the connection that aiosqlite's thread
+        # opens; the two never use it at the same time.
+        kw["check_same_thread"] = False
         adapted = super().connect(*arg, **kw)
-        return OneHopConnection(self, adapted._connection)
+        return InlineConnection(self, adapted._connection)
 
 
 class SQLiteDialect(SQLiteDialect_aiosqlite):
-    """The aiosqlite dialect with :class:`OneHopCursor` for plain cursors."""
+    """The aiosqlite dialect with statements, commits and rollbacks inline."""
 
     driver = DRIVER
     supports_statement_cache = True
 
     @classmethod
-    def import_dbapi(cls) -> OneHopDBAPI:  # type: ignore[override]
-        return OneHopDBAPI(__import__("aiosqlite"), __import__("sqlite3"))
+    def import_dbapi(cls) -> InlineDBAPI:  # type: ignore[override]
+        return InlineDBAPI(__import__("aiosqlite"), __import__("sqlite3"))
 
 
 registry.register(f"sqlite.{DRIVER}", __name__, "SQLiteDialect")

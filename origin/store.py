@@ -317,10 +317,12 @@ Index("ix_risk_purchase", risk_assessments.c.purchase_id)
 
 def _configure_sqlite(dbapi_connection, connection_record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the single writer; busy_timeout makes a
-    # second writer wait instead of failing at once.
+    # WAL lets readers run beside the single writer. The driver runs
+    # statements on the event loop, so SQLite must not wait for a lock held
+    # by another process: it reports the lock at once (busy_timeout 0) and
+    # the driver tries again after an asyncio sleep.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA busy_timeout=0")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -329,7 +331,7 @@ def create_engine(database_url: str) -> AsyncEngine:
     """Create the async engine for ``database_url``.
 
     A ``sqlite+aiosqlite`` URL gets the dialect of :mod:`origin.sqlite_driver`,
-    which runs each statement in one call to SQLite's thread.
+    which runs statements on the event loop and lets writers take turns.
     """
     url = make_url(database_url)
     if url.drivername == "sqlite+aiosqlite":
