@@ -23,6 +23,11 @@ set by :func:`origin.store.create_engine`): when another process holds the
 database's write lock, the statement is tried again after an asyncio sleep,
 and fails with SQLite's "database is locked" after ``WRITER_WAIT_SECONDS``.
 
+NOTE: a long query, such as an admin listing over a large table, now
+delays every other request of the process while it runs, where before it
+ran in a thread. The origin's queries use indexes and take well under a
+millisecond, but an unindexed query on a large store would show here.
+
 Connecting and closing still go through aiosqlite's thread, and everything
 else is the aiosqlite dialect's, so a URL's ``sqlite+aiosqlite`` stays the
 setting that users write; :func:`origin.store.create_engine` picks this
