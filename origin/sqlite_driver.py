@@ -23,10 +23,14 @@ set by :func:`origin.store.create_engine`): when another process holds the
 database's write lock, the statement is tried again after an asyncio sleep,
 and fails with SQLite's "database is locked" after ``WRITER_WAIT_SECONDS``.
 
-NOTE: a long query, such as an admin listing over a large table, now
-delays every other request of the process while it runs, where before it
-ran in a thread. The origin's queries use indexes and take well under a
-millisecond, but an unindexed query on a large store would show here.
+NOTE: a long query, such as an admin listing over a large table, delays
+every other request of the process while it runs, and so does each commit
+while it waits for the disk (0.15 ms on the machine of docs/benchmarks.md;
+tens of milliseconds on a slow disk). Commits are serialized by SQLite's
+single writer in any case. Running the commit in aiosqlite's thread
+instead kept the write lock through a turn of the busy loop, and the
+purchase surge of docs/benchmarks.md then took seconds instead of
+milliseconds.
 
 Connecting and closing still go through aiosqlite's thread, and everything
 else is the aiosqlite dialect's, so a URL's ``sqlite+aiosqlite`` stays the
