@@ -90,7 +90,10 @@ async def _viewer(client: httpx.AsyncClient, origin: str) -> Viewer:
         headers=viewer.headers,
     )
     master = await client.get(session.raise_for_status().json()["playlist_url"])
-    variant = next(x for x in master.text.splitlines() if x.startswith("v180/"))
+    variants = master.raise_for_status().text.splitlines()
+    variant = next((x for x in variants if x.startswith("v180/")), None)
+    if variant is None:
+        raise RuntimeError(f"the edge's master playlist has no v180: {master.text!r}")
     media = await client.get(master.url.join(variant))
     for line in media.raise_for_status().text.splitlines():
         if line.startswith(LOCKED):
