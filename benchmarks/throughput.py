@@ -15,8 +15,9 @@ to core 1 (taskset), on loopback. One run measures, in interleaved rounds:
 Segments are 200 KB; the token is a URI token from a rewritten playlist of
 a viewer who bought the content, so each request verifies an HMAC and reads
 a cached entitlement. Playlists are opened with the session's Ed25519 JWT
-and rewritten. Figures are the median over rounds; ratios compare figures
-from the same run.
+and rewritten. Beside each rate, the CPU time that an app server's
+processes used per request is read from ``/proc`` (Linux). Figures are
+the median over rounds; ratios compare figures from the same run.
 """
 
 from __future__ import annotations
