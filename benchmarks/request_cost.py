@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from cryptography.fernet import Fernet
 from starlette.types import ASGIApp, Message
@@ -43,7 +44,9 @@ from benchmarks.throughput import (
 )
 from edge import EdgeSettings
 from edge import create_app as create_edge
+from edge.gate import Credentials
 from segmentgate.stack import seed_catalog
+from shared.tokens import TOKEN_PARAM
 
 
 def _scope(target: str) -> dict[str, Any]:
@@ -92,6 +95,24 @@ async def cost_per_request(app: ASGIApp, target: str, count: int) -> float:
     return (time.process_time() - started) / count
 
 
+async def gate_check_cost(edge_app: Any, target: str, count: int) -> float:
+    """Return the mean CPU seconds of the gate's decision alone for ``target``.
+
+    Only ``Gate.check`` runs: the token check, the entitlement and policy
+    lookups, without the path checks, the middleware or the response.
+    """
+    path, _, query = target.partition("?")
+    credentials = Credentials(query=tuple(parse_qs(query)[TOKEN_PARAM]))
+    content_id = path.split("/")[1]
+    gate = edge_app.state.edge.gate
+    for _ in range(50):
+        await gate.check(credentials, content_id, path)
+    started = time.process_time()
+    for _ in range(count):
+        await gate.check(credentials, content_id, path)
+    return (time.process_time() - started) / count
+
+
 def _profile_report(profiler: cProfile.Profile, lines: int = 25) -> str:
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
@@ -132,6 +153,9 @@ async def _measure_with_edge(
             # The gate, the middleware and the playlist rewrite, as a share
             # of the same serving path without them.
             figures[f"{kind}_gate_overhead"] = round(edge_cost / bare_cost - 1, 3)
+            if kind == "segment":
+                check_cost = await gate_check_cost(edge_app, edge_target, count)
+                figures["segment_gate_check_us"] = round(check_cost * 1e6, 1)
             if report is not None:
                 profiler = cProfile.Profile()
                 profiler.enable()

@@ -19,6 +19,41 @@ REPO = Path(__file__).resolve().parent.parent
 SERVERS = ("hypercorn", "uvicorn", "granian")
 
 
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """Return a process's parent id and CPU seconds (user plus system)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name, in brackets, may contain spaces: fields follow it.
+    fields = text.rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds used so far by ``pid`` and its descendants.
+
+    Reads ``/proc`` (Linux only). Servers such as granian serve from a
+    child process, so the whole tree counts.
+    """
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        found = _proc_stat(int(entry.name))
+        if found is not None:
+            children.setdefault(found[0], []).append(int(entry.name))
+            used[int(entry.name)] = found[1]
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        total += used.get(current, 0.0)
+        pending.extend(children.get(current, ()))
+    return total
+
+
 def server_available(name: str) -> bool:
     try:
         __import__(name)

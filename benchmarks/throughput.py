@@ -15,8 +15,9 @@ to core 1 (taskset), on loopback. One run measures, in interleaved rounds:
 Segments are 200 KB; the token is a URI token from a rewritten playlist of
 a viewer who bought the content, so each request verifies an HMAC and reads
 a cached entitlement. Playlists are opened with the session's Ed25519 JWT
-and rewritten. Figures are the median over rounds; ratios compare figures
-from the same run.
+and rewritten. Beside each rate, the CPU time that an app server's
+processes used per request is read from ``/proc`` (Linux). Figures are
+the median over rounds; ratios compare figures from the same run.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from benchmarks.nginx import (
     static_server,
 )
 from benchmarks.propagation import free_port
-from benchmarks.servers import SERVERS, ServerProcess, server_available
+from benchmarks.servers import SERVERS, ServerProcess, cpu_seconds, server_available
 from segmentgate.stack import seed_catalog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,6 +76,10 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    # CPU seconds that the server's processes used during the run, when the
+    # deployment is one app server (not nginx).
+    server_cpu: float | None = None
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -104,11 +109,13 @@ def parse_wrk(output: str) -> WrkResult:
     failed = int(errors.group(1)) if errors else 0
     if socket_errors:
         failed += sum(int(value) for value in socket_errors.groups())
+    total = re.search(r"([0-9]+) requests in ", output)
     return WrkResult(
         float(rate.group(1)),
         _milliseconds(percentiles["50"]),
         _milliseconds(percentiles["99"]),
         failed,
+        int(total.group(1)) if total else 0,
     )
 
 
@@ -150,6 +157,7 @@ class Deployments:
         self.servers = servers
         self.auth_server = auth_server
         self.processes: list[ServerProcess] = []
+        self.by_name: dict[str, ServerProcess] = {}
         self.nginx: Nginx | None = None
         self.ports: dict[str, int] = {}
         self.uri_secret = secrets.token_urlsafe(32)
@@ -214,6 +222,7 @@ class Deployments:
             log=self.work / f"{name}.log",
         )  # fmt: skip
         self.processes.append(process)
+        self.by_name[name] = process
         process.wait_healthy(health)
 
     def _start_origin(self, edges: list[str]) -> None:
@@ -340,6 +349,13 @@ def _summarise(samples: dict[tuple[str, str], list[WrkResult]]) -> dict[str, Any
         errors = sum(result.errors for result in results)
         if errors:
             figures[f"{kind}_errors.{deployment}"] = errors
+        cpu = [
+            result.server_cpu / result.requests * 1e6
+            for result in results
+            if result.server_cpu is not None and result.requests
+        ]
+        if cpu:
+            figures[f"{kind}_cpu_us.{deployment}"] = round(statistics.median(cpu), 1)
     return figures
 
 
@@ -348,6 +364,10 @@ def ratios(figures: dict[str, Any], servers: list[str]) -> dict[str, float]:
 
     def rate(kind: str, deployment: str) -> float | None:
         value = figures.get(f"{kind}s_per_second.{deployment}")
+        return float(value) if value else None
+
+    def cpu(kind: str, deployment: str) -> float | None:
+        value = figures.get(f"{kind}_cpu_us.{deployment}")
         return float(value) if value else None
 
     result: dict[str, float] = {}
@@ -368,6 +388,15 @@ def ratios(figures: dict[str, Any], servers: list[str]) -> dict[str, float]:
         put(f"gate_overhead.playlist.{server}",
             rate("playlist", f"edge-file-{server}"),
             rate("playlist", f"bare-{server}"), less=True)  # fmt: skip
+        # The same overhead in the server's CPU time per request, which a
+        # busy machine disturbs less than the rate: edge / bare - 1.
+        for kind in ("segment", "playlist"):
+            edge_cpu = cpu(kind, f"edge-file-{server}")
+            bare_cpu = cpu(kind, f"bare-{server}")
+            if edge_cpu is not None and bare_cpu is not None:
+                result[f"gate_overhead_cpu.{kind}.{server}"] = round(
+                    edge_cpu / bare_cpu - 1, 3
+                )
         put(f"edge_vs_plain_file_response.segment.{server}", file_rate,
             rate("segment", f"plain-{server}"))  # fmt: skip
         put(f"edge_vs_nginx_secure_link.{server}", file_rate, secure_link)
@@ -386,6 +415,24 @@ def ratios(figures: dict[str, Any], servers: list[str]) -> dict[str, float]:
     return result
 
 
+def _measure_target(
+    run: Deployments, target: Target, args: argparse.Namespace
+) -> WrkResult:
+    """Load one target with wrk, adding its app server's CPU time if it has one."""
+    process = run.by_name.get(target.deployment)
+    before = cpu_seconds(process.pid) if process is not None else 0.0
+    result = run_wrk(target.url, args.seconds, args.connections)
+    if process is not None:
+        result.server_cpu = cpu_seconds(process.pid) - before
+    return result
+
+
+def _cpu_text(result: WrkResult) -> str:
+    if result.server_cpu is None or not result.requests:
+        return ""
+    return f" cpu {result.server_cpu / result.requests * 1e6:.0f} us/request"
+
+
 def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
     servers = [s for s in args.servers if server_available(s)]
     auth_server = next(
@@ -400,9 +447,13 @@ def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
             run.start()
             samples: dict[tuple[str, str], list[WrkResult]] = {}
             for round_number in range(args.rounds):
-                round_targets = targets(run)
+                round_targets = [
+                    target
+                    for target in targets(run)
+                    if not args.deployments or target.deployment in args.deployments
+                ]
                 for index, target in enumerate(round_targets):
-                    result = run_wrk(target.url, args.seconds, args.connections)
+                    result = _measure_target(run, target, args)
                     samples.setdefault((target.deployment, target.kind), []).append(
                         result
                     )
@@ -412,6 +463,7 @@ def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
                         f"{target.deployment:22} "
                         f"{result.requests_per_second:9.0f}/s "
                         f"p99 {result.p99_ms:.1f} ms errors {result.errors}"
+                        + _cpu_text(result)
                     )
         finally:
             run.stop()
@@ -436,6 +488,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wrk connections kept open")  # fmt: skip
     parser.add_argument("--servers", nargs="+", default=list(SERVERS),
                         choices=SERVERS, help="ASGI servers to compare")  # fmt: skip
+    parser.add_argument(
+        "--deployments",
+        nargs="*",
+        default=[],
+        help="load only these deployments, e.g. bare-granian edge-file-granian "
+        "(default: every one)",
+    )
 
 
 def _print(message: str) -> None:

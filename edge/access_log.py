@@ -4,14 +4,15 @@ Records go to the ``segmentgate.edge.access`` logger with the request's
 method, path (never its query, which holds tokens), status and reason as
 attributes, so operators and tests can read decisions without parsing text.
 The same outcome moves the edge's request counters (:mod:`edge.metrics`).
+:class:`edge.middleware.EdgeMiddleware` calls :func:`record_request` once
+a request is finished.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
 
 from edge.metrics import MODE_SCOPE_KEY, EdgeMetrics
 from edge.paths import PATH_TOKEN_SCOPE_KEY
@@ -30,54 +31,48 @@ def _has_playback_token(scope: Scope) -> bool:
     return any(name == b"authorization" for name, _ in scope.get("headers", ()))
 
 
-class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: EdgeMetrics | None = None) -> None:
-        self.app = app
-        self.metrics = metrics
+def response_reason(message: Message) -> str:
+    """Return the ``Segmentgate-Reason`` of a response start message, or ``""``."""
+    reason = ""
+    for name, value in message.get("headers", ()):
+        if name.lower() == REASON_HEADER:
+            reason = value.decode("latin-1")
+    return reason
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
 
-        started = time.perf_counter()
-        status = 500
-        reason = ""
+def record_request(
+    scope: Scope,
+    status: int,
+    reason: str,
+    seconds: float,
+    metrics: EdgeMetrics | None,
+) -> None:
+    """Log one finished request and count it in ``metrics``.
 
-        async def send_logged(message: Message) -> None:
-            nonlocal status, reason
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                for name, value in message.get("headers", []):
-                    if name.lower() == REASON_HEADER:
-                        reason = value.decode("latin-1")
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_logged)
-        finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            logger.info(
-                "%s %s %d %s %.1fms",
-                scope["method"],
-                scope["path"],
-                status,
-                reason or "-",
-                elapsed_ms,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "reason": reason,
-                },
-            )
-            if self.metrics is not None and not scope["path"].startswith(
-                CONTROL_PREFIX
-            ):
-                self.metrics.count_request(
-                    scope["path"],
-                    _has_playback_token(scope),
-                    status,
-                    reason,
-                    scope.get(MODE_SCOPE_KEY, ""),
-                )
+    ``status`` is 500 when the app raised before it sent a response.
+    """
+    # Building the record's arguments costs time on every request, so it
+    # happens only for an enabled logger.
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "%s %s %d %s %.1fms",
+            scope["method"],
+            scope["path"],
+            status,
+            reason or "-",
+            seconds * 1000,
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "reason": reason,
+            },
+        )
+    path = scope["path"]
+    if metrics is None or path.startswith(CONTROL_PREFIX):
+        return
+    # Only a playlist request is counted by the kind of token it carries.
+    playback_token = path.endswith(".m3u8") and _has_playback_token(scope)
+    metrics.count_request(
+        path, playback_token, status, reason, scope.get(MODE_SCOPE_KEY, "")
+    )

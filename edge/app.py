@@ -10,18 +10,17 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import httpx
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from edge.access_log import AccessLogMiddleware
 from edge.authorize import authorize
 from edge.entitlements import NEVER_ENTITLED, EntitlementCache, EntitlementState
 from edge.events import EventFollower, InvalidEventBatch
@@ -29,10 +28,10 @@ from edge.gate import Access, Credentials, Gate
 from edge.jetstream import JetStreamConsumer
 from edge.keyset import KeySet, KeysUnavailable, PublicKeyFactory, PyJwtKey
 from edge.metrics import MODE_SCOPE_KEY, EdgeMetrics, metrics_endpoint
+from edge.middleware import EdgeMiddleware
 from edge.origin_link import OriginLink, OriginUnavailable
 from edge.paths import (
     PATH_TOKEN_SCOPE_KEY,
-    PathTokenMiddleware,
     check_raw_path,
     delivery_directives,
     resolve_uri,
@@ -52,13 +51,13 @@ from edge.upstream import (
 )
 from edge.uri_tokens import UriSigner
 from shared import problems
-from shared.deprecation import DeprecationMiddleware, spec_deprecations
+from shared.deprecation import spec_deprecations
 from shared.events import EVENTS_MEDIA_TYPE
-from shared.http import REASON_HEADER, problem_handlers
+from shared.http import REASON_HEADER, problem_handlers, problem_response
 from shared.logs import redactor
 from shared.problems import Problem
 from shared.tokens import TOKEN_PARAM
-from shared.tracing import TraceMiddleware, configure_tracing
+from shared.tracing import configure_tracing
 
 logger = logging.getLogger("segmentgate.edge")
 
@@ -300,15 +299,37 @@ async def _rewritten_playlist(
     return Response(body, media_type=PLAYLIST_MEDIA_TYPE, headers=headers)
 
 
-def _credentials(request: Request) -> Credentials:
-    authorization = request.headers.get("authorization", "")
-    scheme, _, value = authorization.partition(" ")
-    bearer = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"range"})
+
+
+def _query_tokens(query_string: bytes) -> tuple[str, ...]:
+    """Return the ``sg`` values of a query string, as Starlette decodes them."""
+    query = query_string.decode("latin-1")
+    if "%" in query or "+" in query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        return tuple(value for name, value in pairs if name == TOKEN_PARAM)
+    # Without escapes, splitting is all that parse_qsl would do.
+    return tuple(
+        value
+        for name, _, value in (field.partition("=") for field in query.split("&"))
+        if name == TOKEN_PARAM
+    )
+
+
+def _credentials(scope: Scope) -> Credentials:
+    # The first of each header, as Starlette's Headers.get returns it.
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _CREDENTIAL_HEADERS:
+            found.setdefault(name, value)
+    scheme, _, token = found.get(b"authorization", b"").decode("latin-1").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    range_header = found.get(b"range")
     return Credentials(
-        query=tuple(request.query_params.getlist(TOKEN_PARAM)),
+        query=_query_tokens(scope["query_string"]),
         bearer=bearer,
-        path=request.scope.get(PATH_TOKEN_SCOPE_KEY),
-        range=request.headers.get("range"),
+        path=scope.get(PATH_TOKEN_SCOPE_KEY),
+        range=None if range_header is None else range_header.decode("latin-1"),
     )
 
 
@@ -322,7 +343,7 @@ async def media(request: Request) -> Response:
     check_raw_path(request.scope.get("raw_path"))
     content_id, rest = split_media_path(request.scope["path"])
     access = await edge.gate.check(
-        _credentials(request), content_id, request.scope["path"]
+        _credentials(request.scope), content_id, request.scope["path"]
     )
     request.scope[MODE_SCOPE_KEY] = "entitled" if access.claims.entitled else "preview"
     media_path = f"{content_id}/{rest}"
@@ -334,6 +355,21 @@ async def media(request: Request) -> Response:
     return await edge.upstream.media_response(
         media_path, request, range_bound=access.range_bound
     )
+
+
+async def serve_media(scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve :func:`media` as an ASGI app, without Starlette's router.
+
+    A :class:`Problem` becomes its problem response, as the app's exception
+    handler would make it. Any other error propagates to the server error
+    handler.
+    """
+    request = Request(scope, receive, send)
+    try:
+        response = await media(request)
+    except Problem as problem:
+        response = problem_response(request, problem)
+    await response(scope, receive, send)
 
 
 def _jetstream_health(edge: Edge) -> dict[str, object] | None:
@@ -438,24 +474,26 @@ def create_app(
         # rejects with a problem instead of the router's plain 404.
         Route("/{path:anypath}", media, methods=["GET", "HEAD"]),
     ]
-    deprecated = spec_deprecations(edge=True)
+    cors = {
+        "allow_origins": list(settings.allow_origins),
+        "allow_methods": ["GET", "HEAD", "OPTIONS"],
+        "allow_headers": ["Range", "Authorization"],
+        "expose_headers": [
+            *(REASON_HEADER, "Content-Range", "Content-Length", "Date"),
+            # Players learn of a deprecated operation from these.
+            *("Deprecation", "Sunset"),
+        ],
+        "max_age": 86400,
+    }
     middleware = [
-        Middleware(DeprecationMiddleware, deprecated=deprecated),
-        Middleware(PathTokenMiddleware),
-        Middleware(TraceMiddleware, tracer_name="segmentgate.edge", start_traces=False),
-        Middleware(AccessLogMiddleware, metrics=edge.metrics),
         Middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.allow_origins),
-            allow_methods=["GET", "HEAD", "OPTIONS"],
-            allow_headers=["Range", "Authorization"],
-            expose_headers=[
-                *(REASON_HEADER, "Content-Range", "Content-Length", "Date"),
-                # Players learn of a deprecated operation from these.
-                *("Deprecation", "Sunset"),
-            ],
-            max_age=86400,
-        ),
+            EdgeMiddleware,
+            media=serve_media,
+            control_paths=[route.path for route in routes[:-1]],
+            deprecated=spec_deprecations(edge=True),
+            metrics=edge.metrics,
+            cors=cors,
+        )
     ]
     app = Starlette(
         routes=routes,

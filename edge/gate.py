@@ -280,7 +280,9 @@ class Gate:
                 TOKEN_EXPIRED,
                 "the key behind this playback session was revoked; start a new one",
             )
-        await self._check_session_expiry(grant.claims, policy)
+        # Only a session past its expiry needs the renewal rules.
+        if time.time() > grant.claims.expires_at + self._leeway:
+            await self._check_session_expiry(grant.claims, policy)
         range_bound = False
         if grant.scope == SCOPE_SEGMENT:
             range_bound = self._check_segment(grant, range_header, policy)

@@ -112,6 +112,8 @@ class EdgeMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(read_state))
+        # Label children by mode, so a served segment skips the label lookup.
+        self._served_by_mode: dict[str, Counter] = {}
 
     def count_request(
         self, path: str, playback_token: bool, status: int, reason: str, mode: str
@@ -123,7 +125,11 @@ class EdgeMetrics:
             outcome = "started" if status < 400 else "denied"
             self.playback_starts.labels(outcome, mode or "-", reason or "-").inc()
         elif status < 400:
-            self.segments_served.labels(mode or "-").inc()
+            served = self._served_by_mode.get(mode)
+            if served is None:
+                served = self.segments_served.labels(mode or "-")
+                self._served_by_mode[mode] = served
+            served.inc()
         else:
             self.segments_denied.labels(reason or f"status-{status}").inc()
 

@@ -9,11 +9,12 @@ rejected before any upstream is asked.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from urllib.parse import unquote, urljoin, urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from shared.content import CONTENT_ID
 from shared.problems import INVALID_PATH, INVALID_REQUEST, Problem
@@ -33,19 +34,23 @@ _DELIVERY_DIRECTIVES = {
 # Percent-encodings of '.', '/', '\' and NUL that survive one decoding are
 # double encodings, a classic way to smuggle '..' past a single check.
 _ENCODED_SPECIAL = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
-_FORBIDDEN_CHARACTERS = frozenset("\\\x00\r\n")
+_FORBIDDEN_CHARACTERS = re.compile(r"[\\\x00\r\n]")
+# Checked paths kept, since every viewer of a stream requests the same ones.
+CHECKED_PATHS = 4096
 _HTTP_SCHEMES = frozenset({"http", "https"})
 
 
+@functools.lru_cache(maxsize=CHECKED_PATHS)
 def split_media_path(path: str) -> tuple[str, str]:
     """Check a decoded request path; return its content id and the rest.
 
     Raise :class:`Problem` ``invalid-path`` for traversal in any form, for
     characters that no media path contains and for a malformed content id.
+    Results are cached, but a rejected path raises again on every call.
     """
     if not path.startswith("/"):
         raise Problem(INVALID_PATH, "path must be absolute")
-    if any(character in _FORBIDDEN_CHARACTERS for character in path):
+    if _FORBIDDEN_CHARACTERS.search(path):
         raise Problem(INVALID_PATH, "path contains a backslash or control character")
     if "\ufffd" in path:
         raise Problem(INVALID_PATH, "path is not valid UTF-8")
@@ -67,6 +72,9 @@ def check_raw_path(raw_path: bytes | None) -> None:
     outright rather than serve whatever the normalised path names.
     """
     if raw_path is None:
+        return
+    if b"%" not in raw_path and b"/." not in raw_path and raw_path[:1] != b".":
+        # No segment can be "." or "..", encoded or not.
         return
     decoded = unquote(raw_path.decode("latin-1"), errors="replace")
     if any(segment in (".", "..") for segment in decoded.split("/")):
@@ -92,32 +100,27 @@ def resolve_uri(uri: str, playlist_url: str, gated_hosts: frozenset[str]) -> str
     return unquote(resolved.path, errors="replace")
 
 
-class PathTokenMiddleware:
-    """Move a ``/_sg/<token>/`` path prefix into the scope.
+def move_path_token(scope: Scope) -> Scope:
+    """Return ``scope`` with a ``/_sg/<token>/`` prefix moved out of its path.
 
-    Everything after this middleware, the access log included, receives the
-    media path alone, so the token never reaches logs or problem bodies.
+    The access log and everything after it then receive the media path
+    alone, so the token never reaches logs or problem bodies. A scope
+    without the prefix is returned as it is.
     """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and path.startswith(PATH_TOKEN_PREFIX):
-            token, slash, rest = path[len(PATH_TOKEN_PREFIX) :].partition("/")
-            if not token or not slash or rest.startswith(PATH_TOKEN_PREFIX[1:]):
-                # Malformed: keep the token out of the path that is logged.
-                scope = {**scope, "path": PATH_TOKEN_PREFIX, "raw_path": b"/_sg/"}
-            else:
-                media_path = "/" + rest
-                scope = {
-                    **scope,
-                    "path": media_path,
-                    "raw_path": media_path.encode("utf-8", "surrogateescape"),
-                    PATH_TOKEN_SCOPE_KEY: token,
-                }
-        await self.app(scope, receive, send)
+    path = scope.get("path", "")
+    if not path.startswith(PATH_TOKEN_PREFIX):
+        return scope
+    token, slash, rest = path[len(PATH_TOKEN_PREFIX) :].partition("/")
+    if not token or not slash or rest.startswith(PATH_TOKEN_PREFIX[1:]):
+        # Malformed: keep the token out of the path that is logged.
+        return {**scope, "path": PATH_TOKEN_PREFIX, "raw_path": b"/_sg/"}
+    media_path = "/" + rest
+    return {
+        **scope,
+        "path": media_path,
+        "raw_path": media_path.encode("utf-8", "surrogateescape"),
+        PATH_TOKEN_SCOPE_KEY: token,
+    }
 
 
 def delivery_directives(query: Mapping[str, str]) -> dict[str, str]:

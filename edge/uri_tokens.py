@@ -19,14 +19,16 @@ The alphabet is base64url, digits and ``.``: a token needs no escaping inside
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cachetools import LRUCache
-from itsdangerous import BadData, BadSignature, Signer
+from itsdangerous import BadData, Signer
 from itsdangerous.encoding import base64_decode, base64_encode
 
 from shared.tokens import PlaybackClaims
@@ -68,6 +70,10 @@ def _encode_session(claims: PlaybackClaims) -> str:
     return base64_encode(raw).decode("ascii")
 
 
+# Decoding the session part is the only JSON work on the segment path, and
+# a playlist's URIs share one session, so sessions are cached by their text.
+# Only the session parts of verified tokens are decoded.
+@functools.lru_cache(maxsize=4096)
 def _decode_session(text: str) -> PlaybackClaims:
     try:
         fields = json.loads(base64_decode(text))
@@ -104,16 +110,13 @@ class UriSigner:
             digest_method=hashlib.sha256,
         )
         # The same keys and signatures as ``deriving``, but each key is derived
-        # once here instead of with one more HMAC on every mint and check.
-        self._signer = Signer(
-            [deriving.derive_key(secret) for secret in deriving.secret_keys],
-            sep=".",
-            key_derivation="none",
-            digest_method=hashlib.sha256,
-        )
-        # Decoding the session part is the only JSON work on the segment
-        # path; a playlist's URIs share one session, so cache by its text.
-        self._sessions: LRUCache[str, PlaybackClaims] = LRUCache(maxsize=4096)
+        # once here instead of with one more HMAC on every mint and check,
+        # and each HMAC starts from a copy of its keyed state. Newest first:
+        # most tokens were signed with it.
+        self._macs = [
+            hmac.new(deriving.derive_key(secret), digestmod=hashlib.sha256)
+            for secret in reversed(deriving.secret_keys)
+        ]
 
     def session_part(self, claims: PlaybackClaims) -> str:
         return _encode_session(claims)
@@ -121,8 +124,24 @@ class UriSigner:
     def mint(self, session_part: str, scope: str, path: str) -> str:
         """Return the token for ``path`` (decoded, absolute) in ``scope``."""
         signed = f"{VERSION}.{session_part}.{scope}"
-        signature = self._signer.get_signature(f"{signed}\n{path}").decode("ascii")
-        return f"{signed}.{signature}"
+        signature = _signature(self._macs[0], f"{signed}\n{path}".encode())
+        return f"{signed}.{signature.decode('ascii')}"
+
+    def _signed(self, text: str, signature: str) -> bool:
+        """Compare ``signature`` with the signature of ``text`` under each key.
+
+        The signature is compared as text, in constant time, so a string in
+        another base64 spelling of the same bytes does not verify: each
+        grant has exactly one token.
+        """
+        try:
+            message, given = text.encode(), signature.encode("ascii")
+        except UnicodeError:
+            return False
+        for mac in self._macs:
+            if hmac.compare_digest(_signature(mac, message), given):
+                return True
+        return False
 
     def verify(self, token: str, path: str) -> UriGrant:
         """Check ``token`` for ``path``; raise :class:`InvalidUriToken` if bad."""
@@ -130,39 +149,48 @@ class UriSigner:
         if len(parts) != 4 or parts[0] != VERSION:
             raise InvalidUriToken("token format is not recognised")
         _, session_part, scope, signature = parts
-        # Base64 decoders ignore the unused low bits of the last character,
-        # so several strings decode to one signature; accept only the one
-        # this signer writes, so each grant has exactly one token.
-        try:
-            canonical = base64_encode(base64_decode(signature)).decode("ascii")
-        except BadData:
-            canonical = ""
-        if canonical != signature:
-            raise InvalidUriToken("signature is not in canonical base64url")
-        signed = f"{VERSION}.{session_part}.{scope}\n{path}"
-        try:
-            valid = self._signer.verify_signature(signed, signature)
-        except (BadSignature, UnicodeError):
-            valid = False
-        if not valid:
+        if not self._signed(f"{VERSION}.{session_part}.{scope}\n{path}", signature):
+            if not _canonical(signature):
+                raise InvalidUriToken("signature is not in canonical base64url")
             raise InvalidUriToken("signature does not match this path")
 
-        claims = self._sessions.get(session_part)
-        if claims is None:
-            claims = _decode_session(session_part)
-            self._sessions[session_part] = claims
-        if scope in (SCOPE_PLAYLIST, SCOPE_KEY):
-            return UriGrant(claims, scope, None)
-        key_match = _KEY_SCOPE.fullmatch(scope)
-        if key_match is not None:
-            offset, length = key_match.groups()
-            return UriGrant(claims, SCOPE_KEY, None, (int(offset), int(length)))
-        match = _SEGMENT_SCOPE.fullmatch(scope)
-        if match is None:
-            raise InvalidUriToken("scope is not recognised")
-        start, offset, length = match.groups()
-        byte_range = (int(offset), int(length)) if offset is not None else None
-        return UriGrant(claims, SCOPE_SEGMENT, int(start), byte_range)
+        kind, start_ms, byte_range = _parse_scope(scope)
+        return UriGrant(_decode_session(session_part), kind, start_ms, byte_range)
+
+
+# Scopes repeat across sessions (one per segment start), and only the scopes
+# of verified tokens are parsed, so they are cached by their text as well.
+@functools.lru_cache(maxsize=4096)
+def _parse_scope(scope: str) -> tuple[str, int | None, tuple[int, int] | None]:
+    """Return a scope's kind, start in milliseconds and byte range."""
+    if scope in (SCOPE_PLAYLIST, SCOPE_KEY):
+        return scope, None, None
+    key_match = _KEY_SCOPE.fullmatch(scope)
+    if key_match is not None:
+        offset, length = key_match.groups()
+        return SCOPE_KEY, None, (int(offset), int(length))
+    match = _SEGMENT_SCOPE.fullmatch(scope)
+    if match is None:
+        raise InvalidUriToken("scope is not recognised")
+    start, offset, length = match.groups()
+    byte_range = (int(offset), int(length)) if offset is not None else None
+    return SCOPE_SEGMENT, int(start), byte_range
+
+
+def _signature(mac: hmac.HMAC, message: bytes) -> bytes:
+    """Return itsdangerous's signature text: unpadded base64url of the HMAC."""
+    keyed = mac.copy()
+    keyed.update(message)
+    return base64.urlsafe_b64encode(keyed.digest()).rstrip(b"=")
+
+
+def _canonical(signature: str) -> bool:
+    # Base64 decoders ignore the unused low bits of the last character, so
+    # several strings decode to one signature.
+    try:
+        return base64_encode(base64_decode(signature)).decode("ascii") == signature
+    except (BadData, UnicodeError):
+        return False
 
 
 def key_scope(byte_range: tuple[int, int] | None = None) -> str:

@@ -60,6 +60,7 @@ __all__ = [
     "inject_traceparent",
     "links_to",
     "span_from",
+    "spans_recording",
 ]
 
 TRACEPARENT = "traceparent"
@@ -187,6 +188,11 @@ def add_span_processor(processor: SpanProcessor) -> None:
     """Send finished spans to ``processor``, and start recording spans."""
     configure_tracing("none").add_span_processor(processor)
     _sampler.recording = True
+
+
+def spans_recording() -> bool:
+    """Return whether spans are recorded, that is, an exporter is installed."""
+    return _sampler.recording
 
 
 def context_from_traceparent(traceparent: str) -> Context | None:

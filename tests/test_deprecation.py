@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from edge import EdgeSettings
 from edge import create_app as create_edge
+from edge.middleware import EdgeMiddleware
 from origin import OriginSettings
 from origin import create_app as create_origin
 from segmentgate.speclint import lint
@@ -95,8 +96,9 @@ def test_services_deprecate_nothing_today(tmp_path: Any) -> None:
     edge = create_edge(
         EdgeSettings(origin_url="http://127.0.0.1:1", media_root=MEDIA_ROOT)
     )
-    for app in (origin, edge):
-        middleware = [m for m in app.user_middleware if m.cls is DeprecationMiddleware]
+    # The edge runs DeprecationMiddleware inside its EdgeMiddleware.
+    for app, layer in ((origin, DeprecationMiddleware), (edge, EdgeMiddleware)):
+        middleware = [m for m in app.user_middleware if m.cls is layer]
         assert len(middleware) == 1
         assert middleware[0].kwargs["deprecated"] == []
 
