@@ -202,9 +202,30 @@ def main() -> None:
         # The distributions are in the plot; the JSON line keeps the figures.
         for figures in results["surge"]["by_rate"].values():
             del figures["unlock_ms"], figures["revoke_ms"]
+    combined = _combined(results)
+    if combined:
+        results["combined"] = combined
     results["skipped"] = skipped
     results["machine"] = _machine()
     print(json.dumps(results), flush=True)
+
+
+def _combined(results: dict[str, Any]) -> dict[str, float]:
+    """Return the ratios that take figures from two parts of this run.
+
+    ``gate_check_vs_plain_cpu.SERVER`` is the CPU time of the gate's check
+    on a segment request (signature and cached entitlement, in process)
+    over the server CPU time of one segment request to the plain
+    FileResponse app under SERVER.
+    """
+    check = results.get("request_cost", {}).get("segment_gate_check_us")
+    throughput = results.get("throughput", {})
+    combined = {}
+    for server in throughput.get("servers", []):
+        plain = throughput.get(f"segment_cpu_us.plain-{server}")
+        if check and plain:
+            combined[f"gate_check_vs_plain_cpu.{server}"] = round(check / plain, 4)
+    return combined
 
 
 def _machine() -> dict[str, Any]:
