@@ -152,7 +152,8 @@ class InlineCursor(AsyncAdapt_aiosqlite_cursor):
     async def _executemany_async(
         self, operation: Any, seq_of_parameters: Sequence[Any]
     ) -> Any:
-        return await self._call(operation, seq_of_parameters, many=True)
+        # A list, because a busy statement is run again from its first row.
+        return await self._call(operation, list(seq_of_parameters), many=True)
 
     async def _call(self, operation: Any, parameters: Any, many: bool = False) -> None:
         connection: InlineConnection = self._adapt_connection  # type: ignore[assignment]
@@ -160,7 +161,10 @@ class InlineCursor(AsyncAdapt_aiosqlite_cursor):
             await connection.take_writer_lock()
         raw = connection.raw
         try:
-            outcome = await _retry_busy(_run, raw, operation, parameters, many)
+            if many and raw.isolation_level is None and not raw.in_transaction:
+                outcome = await _run_each(raw, operation, parameters)
+            else:
+                outcome = await _retry_busy(_run, raw, operation, parameters, many)
         finally:
             if not raw.in_transaction:
                 # The statement committed on its own, wrote nothing, or failed
@@ -183,6 +187,23 @@ async def _retry_busy(function: Any, *args: Any) -> Any:
                 raise
         await asyncio.sleep(sleep)
         sleep = min(sleep * 2, _BUSY_SLEEP_MAX)
+
+
+async def _run_each(
+    connection: sqlite3.Connection, operation: str, seq_of_parameters: list[Any]
+) -> _Outcome:
+    """Run ``operation`` once per parameter set, each retried on its own.
+
+    In autocommit mode every row of ``executemany`` commits by itself, so a
+    busy database met halfway must not run the rows before it again.
+    """
+    outcome: _Outcome = (None, [], 0, None)
+    rowcount = 0
+    for parameters in seq_of_parameters:
+        outcome = await _retry_busy(_run, connection, operation, [parameters], True)
+        rowcount += max(outcome[2], 0)
+    description, rows, _, lastrowid = outcome
+    return description, rows, rowcount, lastrowid
 
 
 class InlineConnection(AsyncAdapt_aiosqlite_connection):

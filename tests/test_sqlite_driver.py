@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -177,3 +178,67 @@ async def test_writer_turn_too_long_fails(
     release.set()
     await holding
     assert await count(engine) == 1
+
+
+class _TakesLockFirst:
+    """A parameter whose conversion lets another process take the write lock.
+
+    sqlite3 converts a row's parameters just before it runs that row, so the
+    lock is taken between two rows of one ``executemany``.
+    """
+
+    def __init__(self, text: str, other: sqlite3.Connection) -> None:
+        self.text = text
+        self.other = other
+        self.lock_taken = False
+
+    def __conform__(self, protocol: object) -> str:
+        if not self.lock_taken:
+            self.lock_taken = True
+            self.other.execute("BEGIN IMMEDIATE")
+            asyncio.get_running_loop().call_later(0.1, self.other.execute, "COMMIT")
+        return self.text
+
+
+async def test_autocommit_executemany_busy_midway(
+    engine: AsyncEngine, path: Path
+) -> None:
+    other = sqlite3.connect(path, isolation_level=None)
+    rows = [{"text": "first"}, {"text": "second"}]
+    rows.append({"text": _TakesLockFirst("third", other)})
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        async with autocommit.connect() as connection:
+            result = await connection.execute(
+                text("INSERT INTO notes (text) VALUES (:text)"), rows
+            )
+    finally:
+        other.close()
+
+    # Each row committed by itself: the rows before the lock run once.
+    assert result.rowcount == 3
+    async with engine.connect() as connection:
+        stored = (await connection.execute(select(notes.c.text))).scalars().all()
+    assert sorted(stored) == ["first", "second", "third"]
+
+
+async def test_executemany_iterator_busy_at_start(
+    engine: AsyncEngine, path: Path
+) -> None:
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(0.1, other.execute, "COMMIT")
+
+    def insert(connection: Connection) -> None:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        rows = ((name,) for name in ("first", "second", "third"))
+        cursor.executemany("INSERT INTO notes (text) VALUES (?)", rows)
+
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(insert)
+    finally:
+        other.close()
+
+    # The rows read before the lock was met are run again, not skipped.
+    assert await count(engine) == 3
