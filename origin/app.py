@@ -50,6 +50,7 @@ from origin.saga import PurchaseSaga
 from origin.settings import OriginSettings, resolve_master_key
 from origin.state import Origin
 from origin.store import create_engine, create_tables
+from shared.bodies import DrainBodyMiddleware
 from shared.deprecation import DeprecationMiddleware, spec_deprecations
 from shared.http import join_routes, problem_handlers
 from shared.logs import redactor
@@ -194,6 +195,9 @@ def create_app(
     app = Starlette(
         routes=join_routes(routes),
         middleware=[
+            # A request rejected before its body is read keeps its
+            # connection usable for the client's next request.
+            Middleware(DrainBodyMiddleware),
             Middleware(TraceMiddleware, tracer_name="segmentgate.origin"),
             Middleware(DeprecationMiddleware, deprecated=deprecated),
         ],
