@@ -4,13 +4,12 @@ hypercorn closes an HTTP/1.1 connection when a response ends before the
 request body has fully arrived, and the response does not say so. An
 application that rejects a request before reading its body (for example
 for a missing credential) thus races the client. A client that sends its
-next request on the same connection finds it closed, and httpx does not send a
-POST again on its own.
+next request on the same connection finds it closed, and httpx does not
+send a POST again on its own.
 
-:class:`DrainBodyMiddleware` reads what is left of
-the body, up to a limit, before passing on the response's start; past the
-limit it marks the response ``Connection: close``, so the client opens a
-new connection instead.
+:class:`DrainBodyMiddleware` reads what is left of the body, up to a
+limit, before passing on the response's start. Past the limit it marks the
+response ``Connection: close``, so the client opens a new connection.
 """
 
 from __future__ import annotations
