@@ -130,9 +130,9 @@ class Purchase:
         return self.status == GRANTED and self.refund_requested_at is not None
 
 
-# Statements that every purchase runs several times, built once: SQLAlchemy
-# then skips building the expression and its cache key on each call. Bound
-# names that are not column names say which values the WHERE clause takes.
+# Statements that every purchase runs several times, built once, so that
+# SQLAlchemy skips building the expression and its cache key on each call.
+# The WHERE clause's values are bound as match_*, which no column is named.
 _FETCH = select(purchases).where(purchases.c.purchase_id == bindparam("match_id"))
 _TRIES = (
     select(

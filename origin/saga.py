@@ -1125,9 +1125,9 @@ class PurchaseSaga:
         A try still "started" here was cut off by a stopped process: its call
         may or may not have reached the provider, so it is marked unknown
         first. When the last try is unresolved, ``repeat_unresolved`` makes
-        the new try reuse its idempotency key, so that the provider answers
-        the earlier call; otherwise nothing is recorded and None is
-        returned, for the caller to read the provider first. One
+        the new try reuse its idempotency key, so that the provider returns
+        the result of the earlier call. Otherwise nothing is recorded and
+        None is returned, for the caller to read the provider first. One
         transaction does all of this.
         """
         async with self._engine.begin() as connection:

@@ -6,8 +6,8 @@ for a query and three for a write. On a purchase, which runs a few dozen
 statements, the thread switches cost more CPU than the SQL, and under load
 they cost more than CPU. A transaction holds SQLite's only write lock
 while each of its statements waits for the busy event loop to resume it
-with the thread's result, and every other writer waits behind it in
-SQLite's busy handler, which sleeps in steps of up to 100 ms.
+with the thread's result. Every other writer waits behind it in SQLite's
+busy handler, which sleeps in steps of up to 100 ms.
 
 The cursor here runs each statement, and the connection its commit and
 rollback, directly on the event loop. A local SQLite statement takes
