@@ -404,7 +404,10 @@ def ratios(figures: dict[str, Any], servers: list[str]) -> dict[str, float]:
             rate("segment", f"edge-http-{server}"), file_rate)  # fmt: skip
     supported = {
         name: value
-        for name in ["nginx-auth-request"] + [f"edge-file-{s}" for s in servers]
+        for name in [
+            "nginx-auth-request",
+            *(f"edge-{kind}-{s}" for kind in ("file", "http") for s in servers),
+        ]
         if (value := rate("segment", name)) is not None
     }
     if supported and secure_link:
