@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edge import upstream as upstream_module
 from edge.upstream import FileUpstream, MemoryFiles
 from shared.http import problem_handlers
 from tests.harness import assert_problem
@@ -141,3 +142,21 @@ async def test_live_playlist_read_again(media_root: Path, memory: MemoryFiles) -
         "film/index.m3u8", {})])  # fmt: skip
     assert first.endswith(b"seg_000.ts\n")
     assert second.endswith(b"seg_001.ts\n")
+
+
+async def test_repointed_symlink_checked_again_after_reuse(media_root: Path) -> None:
+    clock = [1000.0]
+    link = media_root / "film" / "moving.ts"
+    link.symlink_to(media_root / "film" / "seg_000.ts")
+    upstream = FileUpstream(media_root, clock=lambda: clock[0])
+    async for client in _client(upstream):
+        assert (await client.get("/film/moving.ts")).content == SEGMENT
+        link.unlink()
+        link.symlink_to(media_root / "other" / "seg_000.ts")
+
+        # Within the reuse period the resolved location is the one checked.
+        reused = await client.get("/film/moving.ts")
+        assert reused.content == SEGMENT
+
+        clock[0] += upstream_module.RESOLVED_PATH_SECONDS + 0.1
+        assert_problem(await client.get("/film/moving.ts"), 404, "not-found")
