@@ -135,11 +135,11 @@ class UriSigner:
         grant has exactly one token.
         """
         try:
-            message, given = text.encode(), signature.encode("ascii")
+            message, received = text.encode(), signature.encode("ascii")
         except UnicodeError:
             return False
         for mac in self._macs:
-            if hmac.compare_digest(_signature(mac, message), given):
+            if hmac.compare_digest(_signature(mac, message), received):
                 return True
         return False
 

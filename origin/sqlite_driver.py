@@ -11,22 +11,24 @@ busy handler, which sleeps in steps of up to 100 ms.
 
 The cursor here runs each statement, and the connection its commit and
 rollback, directly on the event loop. A local SQLite statement takes
-microseconds and a commit one write to the disk, so a transaction that
-does nothing but SQL runs from its first write to its commit without
+microseconds, and a commit one write to the disk. A transaction that does
+nothing but SQL therefore runs from its first write to its commit without
 letting another task in, and holds the write lock for that time only.
 
-Writers take turns on an asyncio lock per engine, taken before a statement
-that may write and held until the transaction ends, so a transaction that
-awaits something else between its statements makes the others wait without
-blocking the loop. SQLite's own busy handler is off (``busy_timeout`` 0,
-set by :func:`origin.store.create_engine`): when another process holds the
-database's write lock, the statement is tried again after an asyncio sleep,
-and fails with SQLite's "database is locked" after ``WRITER_WAIT_SECONDS``.
+Writers take turns on an asyncio lock per engine. A statement that may
+write takes it first, and the transaction keeps it until it ends, so a
+transaction that awaits something else between its statements makes the
+others wait without blocking the loop. SQLite's own busy handler is off
+(``busy_timeout`` 0, set by :func:`origin.store.create_engine`). When
+another process holds the database's write lock, the statement is tried
+again after an asyncio sleep, and fails with SQLite's "database is locked"
+after ``WRITER_WAIT_SECONDS``.
 
 NOTE: a long query, such as an admin listing over a large table, delays
-every other request of the process while it runs, and so does each commit
-while it waits for the disk (0.15 ms on the machine of docs/benchmarks.md;
-tens of milliseconds on a slow disk). Commits are serialized by SQLite's
+every other request of the process while it runs. So does each commit
+while it waits for the disk. That took 0.13 to 0.2 ms on the machine of
+docs/benchmarks.md, 3.4 ms there on a busier day, and takes more on
+slower disks. Commits are serialized by SQLite's
 single writer in any case. Running the commit in aiosqlite's thread
 instead kept the write lock through a turn of the busy loop, and the
 purchase surge of docs/benchmarks.md then took seconds instead of

@@ -83,8 +83,8 @@ async def test_writer_awaiting_inside_makes_others_wait(engine: AsyncEngine) -> 
 
     await asyncio.gather(slow(), quick())
 
-    # Without turns, the second writer would have failed at once: SQLite's
-    # busy handler is off.
+    # The second writer waited for the first to commit instead of failing,
+    # although SQLite's busy handler is off.
     assert order == ["slow wrote", "slow commits", "quick wrote"]
     assert await count(engine) == 2
 
